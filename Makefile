@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:
+#   make app    -> runs the Gradio app on the shipped checkpoint (creates .venv with requirements.txt)
+#   make test   -> runs the whole test suite (creates .venv-test with requirements-test.txt,
+#                  installs Debian's chromium for the browser test when missing)
+PYTHON ?= python3
+VENV ?= .venv
+TEST_VENV ?= .venv-test
+
+.PHONY: app test test-fast bench browser clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(TEST_VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+# Debian's chromium for the Playwright test (never a downloaded browser)
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: could not install chromium; the browser test will fail"; \
+	  else echo "warning: /usr/bin/chromium missing and not root; the browser test will fail"; fi; \
+	fi
+
+app: $(VENV)/.installed
+	$(VENV)/bin/python app.py
+
+test: $(TEST_VENV)/.installed browser
+	$(TEST_VENV)/bin/python -m pytest -q -ra
+
+# everything except the slow interpreter / browser / load tests
+test-fast: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -q -ra -m "not slow"
+
+bench: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m bench.cpu_model
+
+clean:
+	rm -rf $(VENV) $(TEST_VENV) .pytest_cache

@@ -1,0 +1,83 @@
+"""Selective-scan backends behind one entry point that mirrors mamba_ssm's `selective_scan_fn`.
+
+    from kernels import selective_scan
+    out = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+
+Shapes (batch, channel, time): u, delta, z: [B, D, L]; A: [D, N]; B, C: [B, N, L]; D, delta_bias: [D].
+
+Backends:
+- "reference": the sequential loop of the paper; the spec (scan_reference.py).
+- "torch":     chunked, vectorised CPU path with a hand-written backward (scan_torch.py).
+- "triton":    the GPU kernel (scan_triton.py); on CPU only under TRITON_INTERPRET=1.
+backend=None picks "triton" for CUDA tensors when Triton imports, else "torch".
+
+Return value: like mamba_ssm, `out` or `(out, last_state)` with return_last_state=True. When a trace
+output is asked for (return_state_norm / return_states) a `ScanResult` named tuple comes back
+instead: (out, last_state, state_norm, states), with None for what was not asked.
+This module imports only torch (and triton lazily); it knows nothing about the model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .scan_reference import ScanResult, selective_scan_reference
+from .scan_torch import selective_scan_torch
+
+BACKENDS = ("reference", "torch", "triton")
+
+
+def _triton_scan():
+    """Import the Triton backend on first use; errors carry the fix."""
+    try:
+        from .scan_triton import selective_scan_triton
+    except ImportError as e:  # triton missing (non-Linux) or kernel file not built yet
+        raise RuntimeError(f"the triton scan backend is unavailable ({e}); install triton==3.7.1 on "
+                           "Linux, or use backend='torch'") from e
+    return selective_scan_triton
+
+
+def triton_available() -> bool:
+    try:
+        _triton_scan()
+        return True
+    except RuntimeError:
+        return False
+
+
+def default_backend(device: torch.device) -> str:
+    """CUDA -> triton (if it imports), otherwise the fast torch path."""
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "torch"
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    if backend is None:
+        return default_backend(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend='triton' needs CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
+                           "importing kernels (slow, for tests) or use backend='torch'")
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, initial_state=None, return_state_norm=False,
+                   return_states=False, backend: Optional[str] = None):
+    """Run the selective scan on the chosen backend. See the module docstring for shapes."""
+    name = resolve_backend(backend, u.device)
+    fn = {"reference": selective_scan_reference, "torch": selective_scan_torch}.get(name) or _triton_scan()
+    res = fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+             return_last_state=return_last_state, initial_state=initial_state,
+             return_state_norm=return_state_norm, return_states=return_states)
+    if return_state_norm or return_states:
+        return res
+    return (res.out, res.last_state) if return_last_state else res.out
+
+
+__all__ = ["selective_scan", "ScanResult", "BACKENDS", "default_backend", "resolve_backend",
+           "selective_scan_reference", "selective_scan_torch", "triton_available"]

@@ -1,0 +1,266 @@
+"""A Mamba-1 language model that computes exactly what mamba_ssm's `MambaLMHeadModel` computes.
+
+Glossary (Mamba paper, Gu & Dao 2023):
+    B      batch size                 L      sequence length
+    d_model residual width            D      d_inner = expand * d_model, the SSM channels
+    N      d_state (§3.2)             R      dt_rank (§3.6)
+    delta  Δ, the step size, softplus(dt_proj(x_proj(x)[:R]))  (§3.6, Alg. 2)
+    A      -exp(A_log) [D, N]         B, C   input-dependent [B, N, L]   D  skip [D]
+Module and parameter names are mamba_ssm's (backbone.embedding, backbone.layers.{i}.mixer.in_proj,
+..., A_log, D, backbone.norm_f, lm_head), so a state dict is a key copy in either direction.
+
+Layout: the residual stream is [B, L, d_model]; inside the mixer, channels-first [B, D, L] as
+in mamba_ssm (the scan wants time innermost).
+
+Deviations from mamba_ssm, all numerically neutral: the depthwise conv is run on the input
+prefixed with a carried conv state (zeros at the start) instead of padding=d_conv-1 + truncation,
+which lets long sequences run in time chunks (`forward_stream`); the scan backend is pluggable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels import selective_scan
+
+from .config import MambaConfig
+
+STREAM_CHUNK = 8192   # tokens per time chunk when a long no-grad forward streams through the model
+
+
+@dataclass
+class LayerState:
+    """What one mixer carries from one time chunk to the next (the streaming / step API)."""
+    conv: Tensor   # [B, D, d_conv - 1]  last pre-conv inputs
+    ssm: Tensor    # [B, D, N]           h at the last step, fp32
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight, in fp32 (mamba_ssm.ops.triton.layer_norm.rms_norm_ref)."""
+
+    def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(x.dtype)
+
+
+class MambaMixer(nn.Module):
+    """The Mamba-1 block's mixer (mamba_ssm.modules.mamba_simple.Mamba), slow path semantics."""
+
+    def __init__(self, cfg: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        d_model, D, N, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
+        self.d_inner, self.d_state, self.dt_rank, self.d_conv = D, N, R, cfg.d_conv
+        self.in_proj = nn.Linear(d_model, 2 * D, bias=False, **fk)
+        self.conv1d = nn.Conv1d(D, D, kernel_size=cfg.d_conv, groups=D, padding=cfg.d_conv - 1,
+                                bias=True, **fk)
+        self.x_proj = nn.Linear(D, R + 2 * N, bias=False, **fk)
+        self.dt_proj = nn.Linear(R, D, bias=True, **fk)
+        self.A_log = nn.Parameter(torch.empty(D, N, device=device, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(D, device=device, dtype=torch.float32))
+        self.out_proj = nn.Linear(D, d_model, bias=False, **fk)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4, dt_scale=1.0):
+        """mamba_simple.Mamba.__init__: dt weights ~ U(±R^-0.5), dt bias = softplus^-1 of a
+        log-uniform dt in [dt_min, dt_max], S4D-real A = -(1..N), D = 1."""
+        std = self.dt_rank ** -0.5 * dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))   # inverse of softplus
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)  # [D, N]
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+
+    def forward(self, hidden: Tensor, state: Optional[LayerState] = None, record: Optional[dict] = None,
+                backend: Optional[str] = None):
+        """hidden: [B, L, d_model] -> (out [B, L, d_model], LayerState after the last step).
+
+        `record`, when a dict, is filled with this layer's trace tensors, each [B, L, ...]:
+        ssm_input u, delta (after softplus), B, C, state_norm, ssm_output (y + D*u, before the
+        gate) and, if record["want_states"] is true, states [B, L, D, N].
+        """
+        batch, L, _ = hidden.shape
+        Dn, N, R = self.d_inner, self.d_state, self.dt_rank
+        xz = self.in_proj(hidden).transpose(1, 2)                    # [B, 2D, L]
+        x, z = xz.chunk(2, dim=1)                                    # [B, D, L] each
+        conv_prev = state.conv if state is not None else x.new_zeros(batch, Dn, self.d_conv - 1)
+        x_ext = torch.cat([conv_prev.to(x.dtype), x], dim=-1)        # [B, D, d_conv-1+L]
+        conv_next = x_ext[:, :, x_ext.shape[-1] - (self.d_conv - 1):].detach()
+        u = F.silu(F.conv1d(x_ext, self.conv1d.weight, self.conv1d.bias, groups=Dn))  # [B, D, L]
+        x_dbl = self.x_proj(u.transpose(1, 2))                        # [B, L, R+2N]
+        dt, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
+        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # [B, D, L], bias in the scan
+        Bm = Bm.transpose(1, 2)                                       # [B, N, L]
+        Cm = Cm.transpose(1, 2)                                       # [B, N, L]
+        A = -torch.exp(self.A_log.float())                            # [D, N]
+        h0 = state.ssm if state is not None else None
+        if record is None:
+            y, h_last = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=z,
+                                       delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                       return_last_state=True, initial_state=h0, backend=backend)
+        else:
+            want_states = bool(record.get("want_states"))
+            res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=None,
+                                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                 return_last_state=True, initial_state=h0, return_state_norm=True,
+                                 return_states=want_states, backend=backend)
+            h_last = res.last_state
+            y = res.out * F.silu(z)                                   # the gate, outside the scan
+            t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
+            record.update(ssm_input=t(u), B=t(Bm), C=t(Cm), state_norm=t(res.state_norm),
+                          ssm_output=t(res.out),
+                          delta=t(F.softplus(delta.float() + self.dt_proj.bias.float()[:, None])))
+            if want_states:
+                record["states"] = res.states.transpose(1, 2)         # [B, L, D, N]
+        out = self.out_proj(y.transpose(1, 2))                       # [B, L, d_model]
+        return out, LayerState(conv=conv_next, ssm=h_last)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block (mamba_ssm.modules.block.Block without fused add+norm)."""
+
+    def __init__(self, cfg: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_epsilon, device=device, dtype=dtype)
+        self.mixer = MambaMixer(cfg, device=device, dtype=dtype)
+
+    def forward(self, hidden, residual, state=None, record=None, backend=None):
+        residual = hidden + residual if residual is not None else hidden
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        hidden, state = self.mixer(hidden, state=state, record=record, backend=backend)
+        return hidden, residual, state
+
+
+class MixerModel(nn.Module):
+    def __init__(self, cfg: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(cfg, device, dtype) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_epsilon, device=device, dtype=dtype)
+
+
+class MambaLM(nn.Module):
+    """MambaLMHeadModel: embedding -> n_layer x Block -> norm_f -> tied lm_head.
+
+        lm = MambaLM(MambaConfig())
+        logits = lm(tokens)                    # tokens [B, L] int64 -> logits [B, L, vocab]
+        logits, states = lm.forward_stream(tokens[:, :100])           # streaming / step API
+        logits, states = lm.forward_stream(tokens[:, 100:], states)   # continues exactly
+    """
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.backbone = MixerModel(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False,
+                                 device=device, dtype=dtype)
+        self._init_weights()
+        self.lm_head.weight = self.backbone.embedding.weight          # tie_embeddings
+
+    @torch.no_grad()
+    def _init_weights(self, initializer_range=0.02):
+        """mamba_ssm.models.mixer_seq_simple._init_weights: N(0, 0.02) embeddings, zero linear
+        biases except dt_proj's, out_proj rescaled by 1/sqrt(n_layer) (GPT-2 prenorm scheme)."""
+        nn.init.normal_(self.backbone.embedding.weight, std=initializer_range)
+        for layer in self.backbone.layers:
+            p = layer.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+            p /= math.sqrt(self.config.n_layer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    def init_states(self, batch: int) -> list[LayerState]:
+        """Zero states: the same as starting a sequence from scratch."""
+        c = self.config
+        dev = self.device
+        return [LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv - 1, device=dev,
+                                            dtype=self.backbone.embedding.weight.dtype),
+                           ssm=torch.zeros(batch, c.d_inner, c.d_state, device=dev))
+                for _ in range(c.n_layer)]
+
+    def _check_tokens(self, input_ids: Tensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty (L = 0)")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is out of range 0..{self.config.vocab_size - 1}")
+
+    def forward_stream(self, input_ids: Tensor, states: Optional[list] = None, num_last_tokens: int = 0,
+                       records: Optional[list] = None, backend: Optional[str] = None):
+        """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states).
+
+        `states` from the previous chunk (None = start of sequence). `records`, when given, is a
+        list with one dict per layer that the mixers fill (see MambaMixer.forward); records[i]
+        also receives resid_post [B, l, d_model], the residual stream after block i.
+        """
+        self._check_tokens(input_ids)
+        hidden = self.backbone.embedding(input_ids)                    # [B, l, d_model]
+        residual = None
+        new_states = []
+        for i, layer in enumerate(self.backbone.layers):
+            rec = records[i] if records is not None else None
+            hidden, residual, st = layer(hidden, residual, state=states[i] if states else None,
+                                         record=rec, backend=backend)
+            new_states.append(st)
+            if rec is not None:
+                rec["resid_post"] = hidden + residual
+        residual = hidden + residual if residual is not None else hidden
+        hidden = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
+        if num_last_tokens > 0:
+            hidden = hidden[:, -num_last_tokens:]
+        return self.lm_head(hidden), new_states
+
+    def forward(self, input_ids: Tensor, num_last_tokens: int = 0, backend: Optional[str] = None,
+                chunk_len: int = STREAM_CHUNK) -> Tensor:
+        """input_ids [B, L] -> logits [B, L, V] (or [B, num_last_tokens, V]).
+
+        Without gradients, sequences longer than `chunk_len` stream through the model chunk by
+        chunk, carrying conv and SSM states, so memory grows with the chunk, not with L.
+        """
+        L = input_ids.shape[-1]
+        if torch.is_grad_enabled() or L <= chunk_len:
+            return self.forward_stream(input_ids, None, num_last_tokens, backend=backend)[0]
+        states, outs = None, []
+        for s in range(0, L, chunk_len):
+            chunk = input_ids[:, s:s + chunk_len]                     # [B, n]
+            n = chunk.shape[1]
+            keep = n if num_last_tokens <= 0 else min(n, max(0, s + n - (L - num_last_tokens)))
+            # a chunk with nothing to keep still runs for its states; its one logit row is dropped
+            logits, states = self.forward_stream(chunk, states, num_last_tokens=0 if keep == n else max(keep, 1),
+                                                 backend=backend)
+            if keep:
+                outs.append(logits)
+        return torch.cat(outs, dim=1)
+
+    def trace(self, tokens, **kwargs):
+        """Record every layer's activations for one sequence; see model.trace.trace."""
+        from .trace import trace
+        return trace(self, tokens, **kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

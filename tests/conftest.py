@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+
+def make_scan_inputs(batch, dim, n, L, dtype=torch.float32, seed=0, requires_grad=False):
+    """Random but realistic scan inputs: Δ around softplus(-1..1), A = -(1..N)-like, D and z set."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    ins = dict(u=r(batch, dim, L), delta=r(batch, dim, L) * 0.5,
+               A=-(torch.rand(dim, n, generator=g, dtype=dtype) * 4 + 0.1),
+               B=r(batch, n, L), C=r(batch, n, L), D=r(dim), z=r(batch, dim, L),
+               delta_bias=r(dim) * 0.3, initial_state=r(batch, dim, n))
+    if requires_grad:
+        for v in ins.values():
+            v.requires_grad_()
+    return ins
+
+
+@pytest.fixture
+def scan_inputs():
+    return make_scan_inputs
