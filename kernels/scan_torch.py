@@ -56,10 +56,9 @@ def _linear_recurrence_(a: Tensor, x: Tensor, h0: Tensor, H: Optional[Tensor] = 
         xv[:, t].addcmul_(av[:, t], xv[:, t - 1])
         av[:, t].mul_(av[:, t - 1])
     H = torch.empty_like(xv[:, 0]) if H is None else H[:M]   # [M, ...] state entering each chunk
-    carry = h0
-    for m in range(M):
-        H[m] = carry
-        carry = torch.addcmul(xv[m, T - 1], av[m, T - 1], carry)
+    H[0] = h0
+    for m in range(1, M):
+        torch.addcmul(xv[m - 1, T - 1], av[m - 1, T - 1], H[m - 1], out=H[m])
     xv.addcmul_(av, H.unsqueeze(1))
     return x
 
@@ -122,9 +121,11 @@ def _scan_forward(u, delta, A, B, C, h0, want_norm, want_states, save_starts):
     N = A.shape[1]
     K = _superblock_len(batch, dim, N)
     ws = _Workspace(min(K, math.ceil(L / CHUNK_T) * CHUNK_T), batch, dim, N, u)
-    y = u.new_empty(batch, dim, L)
-    norm = u.new_empty(batch, dim, L) if want_norm else None
-    states = u.new_empty(batch, dim, L, N) if want_states else None
+    # outputs are written time-major ([L, B, D]) and returned as [B, D, L] views: the block results
+    # are time-major, and the model wants [B, L, D] next, which for B=1 is this memory unchanged
+    y = u.new_empty(L, batch, dim)
+    norm = u.new_empty(L, batch, dim) if want_norm else None
+    states = u.new_empty(L, batch, dim, N) if want_states else None
     starts = [] if save_starts else None
     h = h0
     for s in range(0, L, K):
@@ -135,14 +136,15 @@ def _scan_forward(u, delta, A, B, C, h0, want_norm, want_states, save_starts):
         a, x = _block_inputs(u, delta, A, B, s, e, ws)
         hs = _linear_recurrence_(a, x, h, ws.H)[:k]                 # [k, B, D, N]
         Cb = _time_major(C, s, e)                                   # [k, B, N]
-        y[:, :, s:e] = torch.einsum("kbdn,kbn->bdk", hs, Cb)
+        torch.matmul(hs, Cb.unsqueeze(-1), out=y[s:e].unsqueeze(-1))  # [k, B, D, 1] = sum_n h C
         if want_norm:
-            norm[:, :, s:e] = torch.linalg.vector_norm(hs, dim=-1).permute(1, 2, 0)
+            torch.linalg.vector_norm(hs, dim=-1, out=norm[s:e])
         if want_states:
-            states[:, :, s:e] = hs.permute(1, 2, 0, 3)
+            states[s:e] = hs
         h = hs[-1].clone()
     starts = torch.stack(starts) if save_starts else None
-    return y, h, norm, states, starts
+    tm = lambda t: t.permute(1, 2, 0) if t is not None else None  # noqa: E731  [L, B, D] -> [B, D, L]
+    return tm(y), h, tm(norm), states.permute(1, 2, 0, 3) if want_states else None, starts
 
 
 def _skip_and_gate(y, u, D, z):
@@ -229,7 +231,9 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
                          return_states=False) -> ScanResult:
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     dtype_in = u.dtype
-    f = lambda t: t.float().contiguous() if t is not None else None  # noqa: E731
+    # no .contiguous(): inputs are often [B, L, D] memory viewed as [B, D, L] (the model's layout),
+    # which _time_major reads without a copy when B = 1
+    f = lambda t: t.float() if t is not None else None  # noqa: E731
     u, delta, A, B, C, D, z, delta_bias = map(f, (u, delta, A, B, C, D, z, delta_bias))
     batch, dim, _ = u.shape
     h0 = f(initial_state) if initial_state is not None else u.new_zeros(batch, dim, A.shape[1])

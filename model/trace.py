@@ -40,14 +40,15 @@ STATES_HOOK = "hook_h"
 
 @dataclass
 class LayerTrace:
-    ssm_input: np.ndarray    # [L, D]
-    delta: np.ndarray        # [L, D]
-    B: np.ndarray            # [L, N]
-    C: np.ndarray            # [L, N]
-    state_norm: np.ndarray   # [L, D]
-    ssm_output: np.ndarray   # [L, D]
-    resid_post: np.ndarray   # [L, d_model]
-    states: Optional[np.ndarray] = None  # [L, D, N]
+    """One layer's recordings; a quantity left out of `trace(include=...)` is None."""
+    ssm_input: Optional[np.ndarray] = None    # [L, D]
+    delta: Optional[np.ndarray] = None        # [L, D]
+    B: Optional[np.ndarray] = None            # [L, N]
+    C: Optional[np.ndarray] = None            # [L, N]
+    state_norm: Optional[np.ndarray] = None   # [L, D]
+    ssm_output: Optional[np.ndarray] = None   # [L, D]
+    resid_post: Optional[np.ndarray] = None   # [L, d_model]
+    states: Optional[np.ndarray] = None       # [L, D, N]
 
 
 @dataclass
@@ -65,10 +66,9 @@ class Trace:
     def to_tensors(self) -> dict:
         out = {"tokens": self.tokens, "hook_logits": self.logits, "hook_probs": self.probs}
         for i, lt in enumerate(self.layers):
-            for attr, hook in LAYER_FIELDS.items():
-                out[f"blocks.{i}.{hook}"] = getattr(lt, attr)
-            if lt.states is not None:
-                out[f"blocks.{i}.{STATES_HOOK}"] = lt.states
+            for attr, hook in {**LAYER_FIELDS, "states": STATES_HOOK}.items():
+                if getattr(lt, attr) is not None:
+                    out[f"blocks.{i}.{hook}"] = getattr(lt, attr)
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
     def save(self, path) -> None:
@@ -91,9 +91,8 @@ class Trace:
         meta.pop("format")
         layers = []
         for i in range(n_layer):
-            kw = {attr: arrays[f"blocks.{i}.{hook}"] for attr, hook in LAYER_FIELDS.items()}
-            kw["states"] = arrays.get(f"blocks.{i}.{STATES_HOOK}")
-            layers.append(LayerTrace(**kw))
+            hooks = {**LAYER_FIELDS, "states": STATES_HOOK}
+            layers.append(LayerTrace(**{a: arrays.get(f"blocks.{i}.{h}") for a, h in hooks.items()}))
         return cls(tokens=arrays["tokens"], layers=layers, logits=arrays["hook_logits"],
                    probs=arrays["hook_probs"], meta={k: _maybe_json(v) for k, v in meta.items()})
 
@@ -120,13 +119,20 @@ def as_token_tensor(tokens, device="cpu") -> torch.Tensor:
 @torch.no_grad()
 def trace(lm, tokens: Sequence[int], full_states: bool = False,
           max_state_elems: int = DEFAULT_MAX_STATE_ELEMS, backend: Optional[str] = None,
-          chunk_len: Optional[int] = None) -> Trace:
+          chunk_len: Optional[int] = None, include: Optional[Sequence[str]] = None) -> Trace:
     """Run `lm` on one sequence and record every layer (see module docstring for shapes).
 
     full_states: also keep h_t for every step, refused above `max_state_elems` floats in total
     (L * D * N * n_layer); raise the cap explicitly if you have the memory.
+    include: which per-layer quantities to keep (default all of LAYER_FIELDS); the others are
+    None. E.g. include=("state_norm",) traces 2^20 tokens in ~1 GiB instead of ~4.5 GiB.
     """
+    from . import __version__
     from .mamba import STREAM_CHUNK
+    include = tuple(LAYER_FIELDS) if include is None else tuple(include)
+    unknown = set(include) - set(LAYER_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown trace quantities {sorted(unknown)}; choose from {list(LAYER_FIELDS)}")
     ids = as_token_tensor(tokens, lm.device)                         # [1, L]
     cfg = lm.config
     L = ids.shape[1]
@@ -135,26 +141,33 @@ def trace(lm, tokens: Sequence[int], full_states: bool = False,
         if need > max_state_elems:
             raise ValueError(f"full states for L={L} need {need:,} floats ({need * 4 / 2**20:.0f} MiB), "
                              f"over the cap of {max_state_elems:,}; pass max_state_elems={need} to allow it")
+        include = include + ("states",)
     chunk_len = chunk_len or STREAM_CHUNK
     was_training = lm.training
     lm.eval()
-    states, logits, recs = None, [], []
-    for s in range(0, L, chunk_len):
-        records = [{"want_states": full_states} for _ in range(cfg.n_layer)]
-        lg, states = lm.forward_stream(ids[:, s:s + chunk_len], states, records=records, backend=backend)
-        logits.append(lg[0, :, :cfg.vocab_size].float())
-        recs.append(records)
-    lm.train(was_training)
-    logits_t = torch.cat(logits)                                      # [L, V]
-    np32 = lambda key, i: torch.cat([r[i][key][0].float() for r in recs]).cpu().numpy()  # noqa: E731
-    layers = [LayerTrace(**{a: np32(a, i) for a in LAYER_FIELDS},
-                         states=np32("states", i) if full_states else None)
-              for i in range(cfg.n_layer)]
-    from . import __version__
+    # outputs preallocated and filled chunk by chunk: no list-then-concatenate copy of the trace
+    logits = np.empty((L, cfg.vocab_size), dtype=np.float32)         # [L, V]
+    out = [dict() for _ in range(cfg.n_layer)]
+    states = None
+    try:
+        for s in range(0, L, chunk_len):
+            records = [{"want_states": full_states} for _ in range(cfg.n_layer)]
+            lg, states = lm.forward_stream(ids[:, s:s + chunk_len], states, records=records, backend=backend)
+            e = s + lg.shape[1]
+            logits[s:e] = lg[0, :, :cfg.vocab_size].float().cpu().numpy()
+            for i, rec in enumerate(records):
+                for key in include:
+                    a = rec[key][0].float().cpu().numpy()            # [l, ...]
+                    if key not in out[i]:
+                        out[i][key] = np.empty((L, *a.shape[1:]), dtype=np.float32)
+                    out[i][key][s:e] = a
+    finally:
+        lm.train(was_training)
+    layers = [LayerTrace(**{a: out[i].get(a) for a in (*LAYER_FIELDS, "states")}) for i in range(cfg.n_layer)]
+    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     meta = {"config": cfg.to_mamba_ssm_dict(), "norm_epsilon": cfg.norm_epsilon,
             "checkpoint_sha256": getattr(lm, "checkpoint_sha256", None) or "unsaved",
             "checkpoint_path": getattr(lm, "checkpoint_path", None) or "",
             "backend": resolve_backend(backend, lm.device), "version": __version__,
             "task": getattr(lm, "task", None) or {}}
-    return Trace(tokens=ids[0].cpu().numpy(), layers=layers, logits=logits_t.cpu().numpy(),
-                 probs=torch.softmax(logits_t, -1).cpu().numpy(), meta=meta)
+    return Trace(tokens=ids[0].cpu().numpy(), layers=layers, logits=logits, probs=probs, meta=meta)

@@ -95,3 +95,17 @@ def test_bad_trace_inputs(lm, tmp_path):
     junk.write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a readable"):
         Trace.load(junk)
+
+
+def test_include_keeps_only_what_was_asked(lm, tmp_path):
+    tokens = torch.randint(0, 17, (90,))
+    full = lm.trace(tokens)
+    part = lm.trace(tokens, include=("state_norm",), chunk_len=32)
+    for a, b in zip(full.layers, part.layers):
+        assert np.abs(a.state_norm - b.state_norm).max() < 1e-5
+        assert b.delta is None and b.B is None
+    part.save(tmp_path / "p.safetensors")
+    back = Trace.load(tmp_path / "p.safetensors")
+    assert back.layers[0].delta is None and np.array_equal(back.layers[1].state_norm, part.layers[1].state_norm)
+    with pytest.raises(ValueError, match="unknown trace quantities"):
+        lm.trace(tokens, include=("attention",))
