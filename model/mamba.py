@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import selective_scan
+from kernels.scan_reference import discretize_delta
 
 from .config import MambaConfig
 
@@ -39,6 +40,18 @@ class LayerState:
     """What one mixer carries from one time chunk to the next (the streaming / step API)."""
     conv: Tensor   # [B, D, d_conv - 1]  last pre-conv inputs
     ssm: Tensor    # [B, D, N]           h at the last step, fp32
+
+
+@dataclass
+class MixerHooks:
+    """Hook points for interventions (model/interventions.py); None = untouched, bit-identical.
+
+    delta:  Δ after softplus [B, D, L] -> replacement [B, D, L]; the scan then runs on it as given
+    output: the mixer's output [B, L, d_model] (after out_proj) -> replacement
+    The callables see one time chunk; whoever builds them knows the chunk's offset.
+    """
+    delta: Optional[Callable[[Tensor], Tensor]] = None
+    output: Optional[Callable[[Tensor], Tensor]] = None
 
 
 class RMSNorm(nn.Module):
@@ -87,12 +100,13 @@ class MambaMixer(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, hidden: Tensor, state: Optional[LayerState] = None, record: Optional[dict] = None,
-                backend: Optional[str] = None):
+                backend: Optional[str] = None, hooks: Optional[MixerHooks] = None):
         """hidden: [B, L, d_model] -> (out [B, L, d_model], LayerState after the last step).
 
         `record`, when a dict, is filled with this layer's trace tensors, each [B, L, ...]:
         ssm_input u, delta (after softplus), B, C, state_norm, ssm_output (y + D*u, before the
         gate) and, if record["want_states"] is true, states [B, L, D, N].
+        `hooks` (MixerHooks) may replace Δ or the output; the record then shows the edited Δ.
         """
         batch, L, _ = hidden.shape
         Dn, N, R = self.d_inner, self.d_state, self.dt_rank
@@ -109,14 +123,19 @@ class MambaMixer(nn.Module):
         Cm = Cm.transpose(1, 2)                                       # [B, N, L]
         A = -torch.exp(self.A_log.float())                            # [D, N]
         h0 = state.ssm if state is not None else None
+        delta_bias, delta_softplus = self.dt_proj.bias.float(), True
+        if hooks is not None and hooks.delta is not None:
+            # the scan's own discretisation (same ops), then the edit; the scan takes Δ as given
+            delta = hooks.delta(discretize_delta(delta, delta_bias, True))   # [B, D, L]
+            delta_bias, delta_softplus = None, False
         if record is None:
             y, h_last = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=z,
-                                       delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                       delta_bias=delta_bias, delta_softplus=delta_softplus,
                                        return_last_state=True, initial_state=h0, backend=backend)
         else:
             want_states = bool(record.get("want_states"))
             res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=None,
-                                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                 delta_bias=delta_bias, delta_softplus=delta_softplus,
                                  return_last_state=True, initial_state=h0, return_state_norm=True,
                                  return_states=want_states, backend=backend)
             h_last = res.last_state
@@ -124,10 +143,12 @@ class MambaMixer(nn.Module):
             t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
             record.update(ssm_input=t(u), B=t(Bm), C=t(Cm), state_norm=t(res.state_norm),
                           ssm_output=t(res.out),
-                          delta=t(F.softplus(delta.float() + self.dt_proj.bias.float()[:, None])))
+                          delta=t(discretize_delta(delta, delta_bias, delta_softplus)))
             if want_states:
                 record["states"] = res.states.transpose(1, 2)         # [B, L, D, N]
         out = self.out_proj(y.transpose(1, 2))                       # [B, L, d_model]
+        if hooks is not None and hooks.output is not None:
+            out = hooks.output(out)
         return out, LayerState(conv=conv_next, ssm=h_last)
 
 
@@ -140,12 +161,12 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_epsilon, device=device, dtype=dtype)
         self.mixer = MambaMixer(cfg, device=device, dtype=dtype)
 
-    def forward(self, hidden, residual, state=None, record=None, backend=None):
+    def forward(self, hidden, residual, state=None, record=None, backend=None, hooks=None):
         residual = hidden + residual if residual is not None else hidden
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden, state = self.mixer(hidden, state=state, record=record, backend=backend)
+        hidden, state = self.mixer(hidden, state=state, record=record, backend=backend, hooks=hooks)
         return hidden, residual, state
 
 
@@ -211,12 +232,14 @@ class MambaLM(nn.Module):
             raise ValueError(f"token id {bad} is out of range 0..{self.config.vocab_size - 1}")
 
     def forward_stream(self, input_ids: Tensor, states: Optional[list] = None, num_last_tokens: int = 0,
-                       records: Optional[list] = None, backend: Optional[str] = None):
+                       records: Optional[list] = None, backend: Optional[str] = None,
+                       hooks: Optional[list] = None):
         """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states).
 
         `states` from the previous chunk (None = start of sequence). `records`, when given, is a
         list with one dict per layer that the mixers fill (see MambaMixer.forward); records[i]
         also receives resid_post [B, l, d_model], the residual stream after block i.
+        `hooks`, when given, is a list with one MixerHooks (or None) per layer (interventions).
         """
         self._check_tokens(input_ids)
         hidden = self.backbone.embedding(input_ids)                    # [B, l, d_model]
@@ -225,7 +248,8 @@ class MambaLM(nn.Module):
         for i, layer in enumerate(self.backbone.layers):
             rec = records[i] if records is not None else None
             hidden, residual, st = layer(hidden, residual, state=states[i] if states else None,
-                                         record=rec, backend=backend)
+                                         record=rec, backend=backend,
+                                         hooks=hooks[i] if hooks is not None else None)
             new_states.append(st)
             if rec is not None:
                 rec["resid_post"] = hidden + residual

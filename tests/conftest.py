@@ -1,5 +1,15 @@
-import pytest
+import os
+
 import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when kernels/scan_triton.py is
+# imported, so it is set here, before any test module imports kernels: without CUDA the Triton
+# backend then runs in Triton's numpy interpreter (tests/test_scan_triton.py). On a GPU it stays
+# unset and the same tests run the compiled kernels (bench/gpu_check.sh).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402  (after the environment variable on purpose)
 
 
 def make_scan_inputs(batch, dim, n, L, dtype=torch.float32, seed=0, requires_grad=False):

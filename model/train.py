@@ -1,0 +1,301 @@
+"""Train the induction-heads model (Mamba paper §4.1.2 / E.1) on CPU or GPU.
+
+    python -m model.train --seed 0 --out runs/induction-s0
+    python -m model.train --out runs/induction-s0 --resume          # continue where it stopped
+
+The paper's recipe: batch 8, Adam lr 1e-3 constant, no weight decay, L = 256, loss on the last
+position only (the query), 2-layer Mamba d_model 64. The run writes, under --out:
+    settings.json            these flags (the run's settings, beside what it produced)
+    log.jsonl                one JSON object per training-log / validation event
+    model.safetensors        the latest model (save_checkpoint, task metadata with lengths seen)
+    optim.safetensors        Adam state + step + data-generator state, for --resume (no pickle)
+
+Two optional additions for length extrapolation (see docs/training.md for why and what they do):
+- `--schedule 0:256,4000:2048` switches the training length at the given steps (a curriculum).
+- `--dilation-max K` multiplies every layer's A by a random k ~ logUniform[1, K] per step
+  (A_log + log k, so gradients reach A_log unchanged). In Mamba-1 the discretisation is
+  Ā = exp(Δ·A), B̄u = Δ·B·u, so this stretches every *decay* k-fold while the *input* term is
+  unchanged: a sequence of L tokens then forgets as much as one of k·L tokens would. The loss thus
+  sees the forgetting of long sequences while the model only ever reads L = 256 tokens.
+  `--dilation-from -1` switches it on once the task is learned (validation at 100% up to L).
+On CPU the scan runs on the `torch` backend (chunked, hand-written backward); on CUDA the default.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+from tqdm import tqdm
+
+from .checkpoint import save_checkpoint
+from .config import MambaConfig
+from .data import induction_batch, task_metadata
+from .eval import count_correct
+from .mamba import MambaLM
+
+VAL_SEED = 1_000_003     # validation sets never share a seed with training data (seeded by --seed)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0                 # drives the initialisation (torch.manual_seed) and the data stream
+    steps: int = 12000            # upper bound; training stops early once validation holds 100%
+    batch: int = 8                # paper, E.1
+    lr: float = 1e-3              # Adam, constant, no weight decay (paper, E.1)
+    train_len: int = 256          # L in training (paper: 2^8)
+    # curriculum "step:len,step:len" (first must be 0:...); empty = train_len throughout
+    schedule: str = ""
+    dilation_max: float = 1.0     # decay dilation k ~ logU[1, dilation_max] per step; 1 = off
+    # first step with dilation; -1 = from the first validation at 100% on every validation length
+    # <= the training length (the task is learned; the stop-after count then restarts there)
+    dilation_from: int = 0
+    eval_every: int = 250         # steps between validations
+    # validation sets "len:samples,...": fixed sequences (seed VAL_SEED + len), same every eval
+    val: str = "256:256,1024:64,4096:32"
+    stop_after: int = 3           # stop once every validation length is at 100% this many evals in a row
+    min_steps: int = 0            # never stop before this step
+    out: str = "runs/induction"   # run directory: settings.json, log.jsonl, model + optimizer state
+    resume: bool = False          # continue the run in --out from its last save (flags may change)
+    threads: int = 2              # torch.set_num_threads (the notes measured 2-core machines)
+    device: str = "cpu"           # cpu: the torch scan backend; cuda: the default (Triton) backend
+    log_every: int = 50           # steps between train-loss log lines
+
+    def __post_init__(self):
+        if self.batch < 1 or self.steps < 0 or self.eval_every < 1:
+            raise ValueError(f"batch ({self.batch}), steps ({self.steps}) and eval_every "
+                             f"({self.eval_every}) must be positive")
+        if self.dilation_from < -1:
+            raise ValueError(f"dilation_from must be a step >= 0, or -1 (auto), got {self.dilation_from}")
+        if self.dilation_max < 1:
+            raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
+        self.length_schedule()
+        self.val_sets()
+
+    def length_schedule(self) -> list[tuple[int, int]]:
+        """[(first_step, length), ...] ascending in step."""
+        if not self.schedule:
+            return [(0, self.train_len)]
+        try:
+            pairs = [tuple(int(v) for v in item.split(":")) for item in self.schedule.split(",")]
+        except ValueError as e:
+            raise ValueError(f"schedule must look like '0:256,4000:2048', got {self.schedule!r}") from e
+        if pairs[0][0] != 0 or any(len(p) != 2 for p in pairs) or \
+                any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError(f"schedule {self.schedule!r}: steps must start at 0 and increase")
+        return pairs
+
+    def length_at(self, step: int) -> int:
+        return [n for s, n in self.length_schedule() if s <= step][-1]
+
+    def val_sets(self) -> list[tuple[int, int]]:
+        try:
+            return [tuple(int(v) for v in item.split(":")) for item in self.val.split(",")]
+        except ValueError as e:
+            raise ValueError(f"val must look like '256:256,1024:64', got {self.val!r}") from e
+
+
+def _field_comments() -> dict:
+    """{field: its comment in TrainConfig's source}: the dataclass is the one place flags are described."""
+    out, pending = {}, []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        code, _, comment = line.strip().partition("#")
+        if not code and comment:
+            pending.append(comment.strip())
+        elif ":" in code and "=" in code and "(" not in code:
+            out[code.split(":")[0].strip()] = " ".join(pending + [comment.strip()]).strip()
+            pending = []
+        else:
+            pending = []
+    return out
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = _field_comments()
+    for f in fields(TrainConfig):
+        flag, h = "--" + f.name.replace("_", "-"), (helps.get(f.name) or " ").replace("%", "%%")
+        if f.type == "bool":            # annotations are strings (from __future__ import annotations)
+            p.add_argument(flag, action="store_true", default=f.default, help=h)
+        else:
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], default=f.default,
+                           help=h)
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+def validate(lm: MambaLM, cfg: TrainConfig) -> dict:
+    was = lm.training
+    lm.eval()
+    out = {str(n): count_correct(lm, n, k, VAL_SEED + n) / k for n, k in cfg.val_sets()}
+    lm.train(was)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer / resume state, as safetensors (never pickle)
+
+def save_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, step: int, gen: torch.Generator,
+                     extra: dict) -> None:
+    """Adam's state as `{param name}.{exp_avg,exp_avg_sq,step}` tensors, the data generator's state,
+    and `extra` (lengths seen, wall time, ...) as JSON metadata: everything --resume needs."""
+    names = {id(p): n for n, p in lm.named_parameters()}
+    tensors = {"data_generator": gen.get_state()}                       # uint8 RNG state
+    meta = {"step": str(step), **{k: json.dumps(v) for k, v in extra.items()}}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}.{k}"] = v.detach().cpu().contiguous()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: torch.Generator) -> tuple[int, dict]:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    gen.set_state(tensors.pop("data_generator"))
+    for n, p in lm.named_parameters():
+        st = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == n}
+        if st:
+            opt.state[p] = st
+    step = int(meta.pop("step"))
+    return step, {k: json.loads(v) for k, v in meta.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+def dilated_params(lm: MambaLM, k: float) -> dict:
+    """{name: A_log + log k} for every layer: A -> k·A, i.e. every decay exp(Δ·A) stretched k-fold."""
+    return {n: p + math.log(k) for n, p in lm.named_parameters() if n.endswith("mixer.A_log")}
+
+
+def train_step(lm: MambaLM, opt: torch.optim.Adam, tokens: torch.Tensor, target: torch.Tensor,
+               k: float = 1.0) -> tuple[float, float]:
+    """One Adam step on the last-position loss. Returns (loss, batch accuracy)."""
+    if k == 1.0:
+        logits = lm(tokens, num_last_tokens=1)[:, -1, :]                       # [B, V]
+    else:
+        logits = functional_call(lm, dilated_params(lm, k), (tokens,), {"num_last_tokens": 1})[:, -1, :]
+    loss = F.cross_entropy(logits.float(), target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), float((logits.detach().argmax(-1) == target).float().mean())
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) training as configured; returns the final summary dict."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = asdict(cfg)
+    torch.manual_seed(cfg.seed)                       # the initialisation
+    lm = MambaLM(MambaConfig(), device=cfg.device)
+    opt = torch.optim.Adam(lm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)     # the data stream (and the dilation draws)
+    step, state = 0, {"lengths_seen": [], "wall_s": 0.0, "streak": 0, "dilation_start": None}
+    state_path, model_path = out / "optim.safetensors", out / "model.safetensors"
+    if cfg.resume and state_path.exists():
+        from .checkpoint import load_checkpoint
+        lm.load_state_dict(load_checkpoint(model_path, device=cfg.device).state_dict())
+        step, state = load_train_state(state_path, lm, opt, gen)
+        state.setdefault("dilation_start", None)
+        prev = json.loads((out / "settings.json").read_text())
+        for key in ("seed", "batch", "lr"):
+            if prev[key] != settings[key]:
+                raise ValueError(f"--resume with {key}={settings[key]} but the run in {out} used {prev[key]}")
+    elif cfg.resume:
+        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+    if cfg.dilation_max > 1 and cfg.dilation_from >= 0:
+        state["dilation_start"] = cfg.dilation_from
+    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    log = open(out / "log.jsonl", "a")
+    lm.train()
+
+    def write(event: dict):
+        log.write(json.dumps(event) + "\n")
+        log.flush()
+
+    write({"event": "settings", "step": step, **settings})   # a resumed run may change flags
+
+    def save(val: dict):
+        task = task_metadata(
+            cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
+            steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, schedule=cfg.schedule,
+            dilation_max=cfg.dilation_max, dilation_from_step=state["dilation_start"],
+            wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
+            validation=val)
+        save_checkpoint(lm, model_path, task=task)
+        save_train_state(state_path, lm, opt, step, gen, state)
+
+    t_start = time.time() - state["wall_s"]
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    run_loss = run_acc = None
+    done = False
+    while step < cfg.steps and not done:
+        L = cfg.length_at(step)
+        if L not in state["lengths_seen"]:
+            state["lengths_seen"].append(L)
+        b = induction_batch(cfg.batch, L, generator=gen, device=cfg.device)
+        k = 1.0
+        if cfg.dilation_max > 1 and state["dilation_start"] is not None and step >= state["dilation_start"]:
+            k = float(torch.exp(torch.rand((), generator=gen) * math.log(cfg.dilation_max)))
+        loss, acc = train_step(lm, opt, b.tokens, b.target, k)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step}")
+        step += 1
+        run_loss = loss if run_loss is None else 0.98 * run_loss + 0.02 * loss
+        run_acc = acc if run_acc is None else 0.98 * run_acc + 0.02 * acc
+        bar.update(1)
+        bar.set_postfix(L=L, loss=f"{run_loss:.3f}", acc=f"{run_acc:.2f}", refresh=False)
+        state["wall_s"] = time.time() - t_start
+        if step % cfg.log_every == 0:
+            write({"event": "train", "step": step, "loss": round(run_loss, 5), "acc": round(run_acc, 4),
+                   "len": L, "wall_s": round(state["wall_s"], 1)})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = validate(lm, cfg)
+            state["wall_s"] = time.time() - t_start
+            perfect = all(v == 1.0 for v in val.values())
+            state["streak"] = state["streak"] + 1 if perfect else 0
+            short = [v for n, v in val.items() if int(n) <= L] or list(val.values())
+            if cfg.dilation_max > 1 and state["dilation_start"] is None and all(v == 1.0 for v in short):
+                state["dilation_start"], state["streak"] = step, 0
+                bar.write(f"step {step}: validation at 100%, decay dilation (k up to {cfg.dilation_max:g}) on")
+            write({"event": "val", "step": step, "acc": val, "wall_s": round(state["wall_s"], 1)})
+            bar.write(f"step {step:6d}  {state['wall_s'] / 60:5.1f} min  loss {run_loss:.4f}  val "
+                      + "  ".join(f"L={n}: {v:.1%}" for n, v in val.items()))
+            save(val)
+            done = state["streak"] >= cfg.stop_after and step >= cfg.min_steps and \
+                (cfg.dilation_max == 1 or state["dilation_start"] is not None)
+    bar.close()
+    summary = {"event": "end", "step": step, "wall_s": round(state["wall_s"], 1),
+               "stopped_early": done, "lengths_seen": state["lengths_seen"]}
+    write(summary)
+    log.close()
+    return summary
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    summary = train(cfg)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

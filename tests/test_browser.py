@@ -1,0 +1,99 @@
+"""The app in a real browser: Debian's chromium driven by Playwright (never a downloaded browser).
+
+Loads the page, waits for the charts (vega-embed draws a canvas), checks they hold pixels,
+edits the sequence and sees the view follow, drags a time range on a heatmap and sees the other
+charts change, and checks that a bad token shows its error while the text stays. Screenshots go
+to pytest's tmp dir (set MAMBASCOPE_SCREENSHOT=path to also save one there, e.g. docs/screenshot.png).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.app_load import CHROMIUM, CHROMIUM_ARGS, click_run_and_wait, start_app, stop
+
+pytestmark = pytest.mark.slow
+import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt pins it)
+if not Path(CHROMIUM).exists():
+    pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make browser)", pytrace=False)
+
+TIMEOUT_MS = 180_000          # 2 shared cores: be patient, never flaky
+
+CANVAS_INK = """(sel) => {   // share of non-white pixels in the first chart canvas
+  const c = document.querySelector(sel); if (!c) return -1;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let ink = 0;
+  for (let i = 0; i < d.length; i += 16) if (d[i] < 240 || d[i + 1] < 240 || d[i + 2] < 240) ink++;
+  return ink / (d.length / 16);
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    log = tmp_path_factory.mktemp("browser") / "app.log"
+    proc, url = start_app(log)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                pg = browser.new_page(viewport={"width": 1500, "height": 1400})
+                pg.goto(url, timeout=TIMEOUT_MS)
+                yield pg
+            finally:
+                browser.close()
+    finally:
+        stop(proc)
+
+
+def summary(page) -> str:
+    return page.inner_text("#summary")
+
+
+def test_charts_render_on_load(page, tmp_path):
+    page.wait_for_selector("#charts .vega-embed canvas, #charts .vega-embed svg.marks", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('L = 256')",
+                           timeout=TIMEOUT_MS)
+    assert "Model" in page.inner_text("#model-status") or "Untrained" in page.inner_text("#model-status")
+    box = page.locator("#charts .vega-embed canvas, #charts .vega-embed svg.marks").first.bounding_box()
+    assert box["width"] > 700 and box["height"] > 1000           # 9 stacked time charts for 2 layers
+    assert page.evaluate(CANVAS_INK, "#charts .vega-embed canvas") > 0.2      # drawn, not blank
+    page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
+    if os.environ.get("MAMBASCOPE_SCREENSHOT"):
+        shutil.copy(tmp_path / "loaded.png", os.environ["MAMBASCOPE_SCREENSHOT"])
+
+
+def test_editing_the_sequence_reruns_the_model(page, tmp_path):
+    page.fill("#tokens textarea", "3 7 1 S 9 4 4 2 5 S")
+    click_run_and_wait(page)
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('L = 10')",
+                           timeout=TIMEOUT_MS)
+    assert "memory M = 9" in summary(page).replace("*", "")
+    page.click("#set-memory")                                      # quick edit: M := 0 (the widget's value)
+    page.wait_for_function("() => document.querySelector('#tokens textarea').value === '3 7 1 S 0 4 4 2 5 S'",
+                           timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#summary').innerText.includes('M = 0')",
+                           timeout=TIMEOUT_MS)
+    page.screenshot(path=str(tmp_path / "edited.png"), full_page=True)
+
+
+def test_dragging_a_time_range_changes_the_other_charts(page):
+    page.fill("#tokens textarea", " ".join(["1", "2", "S", "5"] + ["3", "4"] * 60 + ["S"]))
+    click_run_and_wait(page)
+    canvas = page.locator("#charts .vega-embed canvas").first
+    before = canvas.screenshot()
+    box = canvas.bounding_box()
+    # the Δ heatmap of layer 1 starts below the strip, predictions and p(.) charts: drag in its middle band
+    y = box["y"] + box["height"] * 0.35
+    page.mouse.move(box["x"] + box["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.35, y, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    assert canvas.screenshot() != before                           # faded cells / highlighted lines
+
+
+def test_bad_input_shows_its_error_and_keeps_the_text(page):
+    page.fill("#tokens textarea", "1 2 x 4")
+    page.click("#run")
+    page.get_by_text("token 3 ('x') is not an integer or S").first.wait_for(timeout=TIMEOUT_MS)
+    assert page.input_value("#tokens textarea") == "1 2 x 4"

@@ -1,0 +1,139 @@
+"""The shipped induction-heads checkpoint works; the training loop and the evaluation table do what
+they say (model/train.py, model/eval.py)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+from model.data import task_metadata
+from model.eval import count_correct, evaluate, main as eval_main, markdown_table
+from model.train import TrainConfig, train
+
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "induction-2layer.safetensors"
+TEST_SEED = 424242   # never used in training (training data is seeded by --seed, validation by 1_000_003 + L)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not CHECKPOINT.exists():
+        pytest.fail(f"the shipped checkpoint {CHECKPOINT} is missing")
+    return load_checkpoint(CHECKPOINT)
+
+
+@pytest.mark.parametrize("length, floor", [(256, 0.996), (1024, 0.99)])
+def test_shipped_checkpoint_solves_the_task(shipped, length, floor):
+    correct = count_correct(shipped, length, 512, seed=TEST_SEED + length)
+    assert correct / 512 >= floor, f"{correct}/512 right at L={length}, need >= {floor:.1%}"
+
+
+def test_shipped_checkpoint_metadata(shipped):
+    task = shipped.task
+    assert task["name"] == "induction_heads" and task["trigger_id"] == 16
+    assert 256 in task["lengths_seen"] and task["steps"] > 0 and task["wall_time_s"] > 0
+    assert shipped.num_parameters() == 66_560
+    assert CHECKPOINT.stat().st_size < 1 << 20
+
+
+def test_the_accuracy_test_can_fail():
+    """An untrained model must score near chance (1/16) on the same check."""
+    torch.manual_seed(0)
+    lm = MambaLM(MambaConfig()).eval()
+    assert count_correct(lm, 256, 256, seed=TEST_SEED) / 256 < 0.25
+
+
+# --- training loop ------------------------------------------------------------------------------
+
+def tiny(out, steps, resume=False):
+    return TrainConfig(seed=3, steps=steps, batch=2, train_len=24, eval_every=3, val="24:8,48:4",
+                       stop_after=100, out=str(out), resume=resume, threads=1, log_every=1)
+
+
+def test_training_runs_logs_and_saves(tmp_path):
+    summary = train(tiny(tmp_path, 4), progress=False)
+    assert summary["step"] == 4 and summary["lengths_seen"] == [24]
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+    assert [e["step"] for e in events if e["event"] == "val"] == [3, 4]
+    assert json.loads((tmp_path / "settings.json").read_text())["train_len"] == 24
+    lm = load_checkpoint(tmp_path / "model.safetensors")
+    assert lm.task["steps"] == 4 and lm.task["seed"] == 3 and lm.task["lengths_seen"] == [24]
+    assert load_file(str(tmp_path / "optim.safetensors"))  # Adam state, safetensors not pickle
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    train(tiny(tmp_path / "straight", 6), progress=False)
+    train(tiny(tmp_path / "split", 3), progress=False)
+    train(tiny(tmp_path / "split", 6, resume=True), progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "model.safetensors").state_dict()
+    b = load_checkpoint(tmp_path / "split" / "model.safetensors").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    oa = load_file(str(tmp_path / "straight" / "optim.safetensors"))
+    ob = load_file(str(tmp_path / "split" / "optim.safetensors"))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
+    # and training changed the model at all
+    fresh = load_checkpoint(tmp_path / "split" / "model.safetensors")
+    torch.manual_seed(3)
+    init = MambaLM(MambaConfig()).state_dict()
+    assert not torch.equal(init["backbone.layers.0.mixer.in_proj.weight"],
+                           fresh.state_dict()["backbone.layers.0.mixer.in_proj.weight"])
+
+
+def test_dilation_scales_every_decay():
+    """--dilation-max: A_log + log k is A -> k·A, with gradients reaching A_log."""
+    from model.train import dilated_params
+    torch.manual_seed(0)
+    lm = MambaLM(MambaConfig())
+    p = dilated_params(lm, 8.0)
+    assert set(p) == {f"backbone.layers.{i}.mixer.A_log" for i in range(2)}
+    A = -torch.exp(lm.backbone.layers[0].mixer.A_log)
+    assert torch.allclose(-torch.exp(p["backbone.layers.0.mixer.A_log"]), 8 * A)
+    assert p["backbone.layers.0.mixer.A_log"].requires_grad
+
+
+# --- evaluation table ---------------------------------------------------------------------------
+
+class Oracle(torch.nn.Module):
+    """Answers by looking the memory token up in the input: a perfect score, from the real loop."""
+    device = torch.device("cpu")
+
+    def forward(self, tokens, num_last_tokens=0):
+        pos = (tokens[:, :-1] == 16).float().argmax(1)               # first trigger
+        mem = tokens.gather(1, (pos + 1)[:, None])[:, 0]
+        return torch.nn.functional.one_hot(mem, 17).float()[:, None, :]
+
+
+def test_evaluate_counts_right_and_wrong():
+    res = evaluate(Oracle(), [16, 64], samples=10, long_samples=3, long_from=64, progress=False)
+    assert [(r.length, r.samples, r.correct) for r in res] == [(16, 10, 10), (64, 3, 3)]
+    table = markdown_table(res)
+    assert table.splitlines()[2] == "| 16 | 4 | 10 | 10 | 100.0% |"
+    torch.manual_seed(0)
+    lm = MambaLM(MambaConfig()).eval()
+    (r,) = evaluate(lm, [32], samples=64, progress=False)
+    assert r.samples == 64 and r.correct < 32       # an untrained model is not scored as right
+
+
+def test_eval_cli_prints_table_and_json(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(MambaLM(MambaConfig()), path, task=task_metadata(256))
+    eval_main(["--checkpoint", str(path), "--lengths", "16,32", "--samples", "4", "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| L |") and len(lines) == 4 and lines[3].startswith("| 32 | 5 | 4 |")
+    eval_main(["--checkpoint", str(path), "--lengths", "16,32", "--samples", "4", "--no-progress", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["length"] for r in doc["results"]] == [16, 32] and doc["results"][0]["samples"] == 4
+    lm = load_checkpoint(path)
+    want = count_correct(lm, 32, 4, seed=0 + 32)
+    assert doc["results"][1]["correct"] == want
+
+
+def test_eval_batches_long_inputs_within_memory():
+    from model.eval import batch_size_for
+    assert batch_size_for(1 << 20, 16) == 16 and batch_size_for(256, 512) == 512
+    assert batch_size_for(1 << 20, 64, tokens_per_batch=1 << 16) == 8

@@ -1,0 +1,236 @@
+"""Altair charts of a trace: one function per chart, tidy DataFrames in (viz/frames.py), alt.Chart out.
+
+    chart = dashboard(TraceView.from_trace(tr, label="induction-2layer"), sort="ratio", max_bins=256)
+
+`dashboard` stacks every chart into one compound chart whose time charts share one interval
+selection param (TIME_PARAM, declared at the top with the unit view names that define it): drag
+over a time range in any of them and every other one shows it (cells outside it fade in the
+heatmaps and the token strip; the line charts draw it strong). The chart functions reference
+that param by name, so their output is meant to go into `dashboard`, not to stand alone.
+
+Data on the page: every chart's DataFrame is handed to Vega-Lite as inline CSV text with values
+at SIG_DIGITS significant digits (`inline_csv`). That is ~5x smaller than Altair's JSON records
+(a 256-step trace is ~2 MB instead of ~24 MB), and Altair neither transforms nor row-limits
+inline data: its 5,000-row MaxRowsError applies to DataFrames only, so it is bypassed on purpose
+here, and no row is ever sampled or cut (tests/test_viz.py counts them). The size is bounded
+instead by the time binning: at most MAX_BINS_LIMIT bins x channels rows per heatmap.
+Exports (viz/tables.py, Trace.save) keep full precision.
+"""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from .frames import (MAX_BINS_LIMIT, ROLES, Bins, TraceView, channel_order, clamp_window, heatmap_frame,
+                     prediction_series, prob_frame, delta_ratio, series_frame, time_bins, token_frame,
+                     total_state_norm)
+
+TIME_PARAM = "time_range"       # not 'brush': gr.Plot strips a param of that name
+SIG_DIGITS = 4                  # on the page only
+WIDTH = 720                     # px of the time axis
+CHANNEL_PX = 2                  # px per channel row in the heatmaps
+ROLE_COLORS = ["#d9d9d9", "#f58518", "#4c78a8", "#2ca02c", "#d62728"]    # same order as ROLES
+VOCAB_ORDER = [str(v) for v in range(16)] + ["S"]
+
+
+def _csv_column(col: pd.Series) -> list:
+    if col.dtype.kind == "f":
+        return list(map(f"{{:.{SIG_DIGITS}g}}".format, col.tolist()))
+    if col.dtype.kind in "iub":
+        return list(map(str, col.tolist()))
+    return ['"' + v.replace('"', '""') + '"' if ("," in v or '"' in v) else v for v in map(str, col.tolist())]
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """frame -> CSV text, floats at SIG_DIGITS significant digits. (3x faster than
+    DataFrame.to_csv with a float_format, which dominated the time to draw a trace.)"""
+    cols = [_csv_column(frame[c]) for c in frame.columns]
+    return ",".join(frame.columns) + "\n" + "\n".join(map(",".join, zip(*cols)))
+
+
+def inline_csv(frame: pd.DataFrame, numeric=()) -> alt.InlineData:
+    """A DataFrame as inline CSV data; `numeric` columns are parsed as numbers, the rest stay text."""
+    return alt.InlineData(values=csv_text(frame), format=alt.CsvDataFormat(
+        type="csv", parse={c: "number" for c in numeric if c in frame.columns}))
+
+
+def time_selection(views: list) -> alt.TopLevelSelectionParameter:
+    """The one interval selection over time, defined in each of the named unit `views`.
+    Declared once at the top level with explicit view names: Altair's automatic lifting of a
+    param added to several subcharts invents view names that repeat across rows (and warns,
+    vega/altair#3891)."""
+    return alt.TopLevelSelectionParameter(name=TIME_PARAM, views=list(views),
+                                          select=alt.IntervalSelectionConfig(type="interval", encodings=["x"]))
+
+
+def _bin_note(bins: Bins, stat: str = "max") -> str:
+    return "per timestep" if bins.width == 1 else f"{stat} over {bins.width}-step bins"
+
+
+def _x(bins: Bins, title="timestep t") -> alt.X:
+    return alt.X("t:Q", title=title, scale=alt.Scale(domain=[bins.t0, bins.t1], nice=False, zero=False))
+
+
+def _faded_outside() -> alt.OpacityValue:
+    """Opacity 1 inside the selected time range (or when nothing is selected), 0.3 outside.
+    (A typed channel: the dict that alt.when() builds is re-parsed by Altair, ~50 ms a chart.)"""
+    return alt.OpacityValue(0.3, condition={"param": TIME_PARAM, "value": 1.0, "empty": True})
+
+
+def _value_tooltips(bins: Bins, what: str) -> list:
+    if bins.width == 1:
+        return [alt.Tooltip("max:Q", title=what, format=".4g")]
+    return [alt.Tooltip("max:Q", title=f"{what} (bin max)", format=".4g"),
+            alt.Tooltip("mean:Q", title=f"{what} (bin mean)", format=".4g")]
+
+
+def _join_tokens(chart: alt.Chart, tokens: pd.DataFrame) -> alt.Chart:
+    """Add each bin's end, label and token text (from token_frame) to a per-(bin, x) frame."""
+    return chart.transform_lookup(lookup="t", from_=alt.LookupData(
+        data=inline_csv(tokens[["t", "t_end", "time", "token"]], numeric=("t", "t_end")),
+        key="t", fields=["t_end", "time", "token"]))
+
+
+def token_strip(tokens: pd.DataFrame, bins: Bins, name: str = "tokens") -> alt.Chart:
+    """The input as a colour strip: filler, memory M, trigger S, and the query coloured by whether
+    the model's top-1 there is the target M (correct) or not."""
+    return alt.Chart(inline_csv(tokens, numeric=("t", "t_end")), mark="rect", width=WIDTH, height=24, name=name,
+                     title=f"Tokens ({_bin_note(bins, 'most salient role')})").encode(
+        x=_x(bins, title=None), x2=alt.X2("t_end"),
+        color=alt.Color("role:N", title="token role", scale=alt.Scale(domain=ROLES, range=ROLE_COLORS)),
+        opacity=_faded_outside(),
+        tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("token:N"), alt.Tooltip("role:N")],
+    )
+
+
+def prediction_heatmap(probs: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, name: str = "predictions") -> alt.Chart:
+    """p(next token = v) for every vocabulary entry v at every timestep: the darkest cell of a
+    column is the top-1 prediction there."""
+    base = alt.Chart(inline_csv(probs, numeric=("t", "max", "mean")), mark="rect", width=WIDTH, height=17 * 6,
+                     name=name,
+                     title=f"Predictions: p(next token) ({_bin_note(bins)})")
+    return _join_tokens(base, tokens).encode(
+        x=_x(bins, title=None), x2=alt.X2("t_end"),
+        y=alt.Y("predicted:O", sort=VOCAB_ORDER, title="next token"),
+        color=alt.Color("max:Q", title="p", scale=alt.Scale(scheme="blues", domain=[0, 1])),
+        opacity=_faded_outside(),
+        tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("token:N", title="input token"),
+                 alt.Tooltip("predicted:N", title="next token")] + _value_tooltips(bins, "p"),
+    )
+
+
+def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name: str) -> alt.HConcatChart:
+    """Lines over time, one per series (max solid, mean dashed when binned). The selected time
+    range is drawn strong, the rest faint."""
+    enc = dict(
+        x=_x(bins), y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+        color=alt.Color("series:N", title=None),
+        strokeDash=alt.StrokeDash("stat:N", title="bin stat", legend=None if bins.width == 1 else alt.Legend(),
+                                  scale=alt.Scale(domain=["value", "max", "mean"], range=[[1, 0], [1, 0], [4, 3]])),
+        detail=alt.Detail("stat:N"),
+        tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("token:N"), alt.Tooltip("series:N"),
+                 alt.Tooltip("stat:N"), alt.Tooltip("value:Q", format=".4g")])
+    data = inline_csv(frame, numeric=("t", "t_end", "value"))
+    base = alt.Chart(data, mark=alt.MarkDef(type="line", opacity=0.3), name=name).encode(**enc)
+    strong = alt.Chart(data, mark="line").encode(**enc).transform_filter({"param": TIME_PARAM, "empty": True})
+    note = _bin_note(bins) + ("" if bins.width == 1 else "; solid = max, dashed = mean")
+    # wrapped in a one-chart hconcat: a layer placed directly in a concat gets its views renamed
+    # by Altair (name -> name_<row>), which would break the selection's `views` list
+    return alt.hconcat(alt.layer(base, strong, title=f"{title} ({note})", width=WIDTH, height=90))
+
+
+def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
+                    name: str, stat: str = "max", scheme: str = "viridis") -> alt.Chart:
+    """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`."""
+    by_index = list(order) == sorted(order)
+    axis = (alt.Axis(labelExpr="datum.value % 16 == 0 ? datum.label : ''", ticks=False)
+            if by_index else alt.Axis(labels=False, ticks=False))
+    stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
+    base = alt.Chart(inline_csv(frame, numeric=("t", "channel", "max", "mean")), mark="rect", width=WIDTH,
+                     height=CHANNEL_PX * len(order), name=name, title=f"{title} ({_bin_note(bins, stat)})")
+    return _join_tokens(base, tokens).encode(
+        x=_x(bins), x2=alt.X2("t_end"),
+        y=alt.Y("channel:O", sort=list(order), axis=axis,
+                title="channel" + ("" if by_index else " (by Δ ratio)")),
+        color=alt.Color(f"{stat}:Q", title=what if bins.width == 1 else f"{what} ({stat})",
+                        scale=alt.Scale(scheme=scheme)),
+        opacity=_faded_outside(),
+        tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("channel:O"), alt.Tooltip("token:N")]
+        + _value_tooltips(bins, what),
+    )
+
+
+def ratio_chart(frame: pd.DataFrame, order: list, memory_pos: int) -> alt.Chart:
+    """Per channel: Δ at the memory position / median Δ over all other steps (whole sequence),
+    in the heatmap's channel order so the bars line up with its rows."""
+    return alt.Chart(inline_csv(frame, numeric=("channel", "delta_mem", "median_else", "ratio")),
+                     mark=alt.MarkDef(type="bar", color="#f58518"), width=140, height=CHANNEL_PX * len(order),
+                     title=alt.TitleParams("Δ ratio", subtitle=f"Δ[t={memory_pos}] / median")).encode(
+        y=alt.Y("channel:O", sort=list(order), axis=None),
+        x=alt.X("ratio:Q", title="ratio (log; bars start at 1)", scale=alt.Scale(type="log")),
+        x2=alt.X2Datum(1),                  # a bar from 1 (no change) to the ratio: log has no 0
+        tooltip=[alt.Tooltip("channel:O"),
+                 alt.Tooltip("delta_mem:Q", title=f"Δ at t={memory_pos}", format=".4g"),
+                 alt.Tooltip("median_else:Q", title="median Δ elsewhere", format=".4g"),
+                 alt.Tooltip("ratio:Q", format=".4g")],
+    )
+
+
+def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=None, t_to=None,
+              layers=None, stat: str = "max") -> alt.VConcatChart:
+    """Every chart of one trace, stacked, sharing the time selection.
+    sort: channel order, 'index' or 'ratio'; max_bins: time bins per chart (1..MAX_BINS_LIMIT);
+    t_from/t_to: the time window [t_from, t_to) (None = whole sequence); layers: layer indices to
+    draw (None = all); stat: 'max' or 'mean', what a heatmap cell's colour shows when binned."""
+    if stat not in ("max", "mean"):
+        raise ValueError(f"unknown bin statistic {stat!r}; choose 'max' or 'mean'")
+    if not (1 <= max_bins <= MAX_BINS_LIMIT):
+        raise ValueError(f"time bins {max_bins} is out of range 1..{MAX_BINS_LIMIT}")
+    layers = list(range(view.n_layer)) if layers is None else list(layers)
+    bad = [i for i in layers if not (0 <= i < view.n_layer)]
+    if bad:
+        raise ValueError(f"layer {bad[0] + 1} does not exist; the model has {view.n_layer} layers")
+    bins = time_bins(*clamp_window(view.length, t_from, t_to), max_bins)
+    mem = view.positions.first_memory_pos
+    tokens = token_frame(view, bins)
+    rows = [token_strip(tokens, bins, "tokens"),
+            prediction_heatmap(prob_frame(view, bins), tokens, bins, "predictions"),
+            series_chart(series_frame(prediction_series(view), view, bins), bins,
+                         "Probability of the top-1 token and of the memory token M", "p", "p_lines")]
+    views = ["tokens", "predictions", "p_lines"]
+    for i in layers:
+        ratio = delta_ratio(view.delta[i], mem)                      # None without a memory position
+        order = channel_order(ratio, view.delta[i].shape[1], sort)
+        dh = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
+                             f"Layer {i + 1}: Δ (step size, after softplus)", "Δ", f"delta_{i + 1}", stat)
+        rows.append(alt.hconcat(dh, ratio_chart(ratio, order, mem)) if ratio is not None else dh)
+        rows.append(channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
+                                    f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖", f"norm_{i + 1}", stat,
+                                    "magma"))
+        rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},
+                                              view, bins), bins,
+                                 f"Layer {i + 1}: total state norm ‖h_t‖ over all channels", "‖h_t‖",
+                                 f"total_norm_{i + 1}"))
+        views += [f"delta_{i + 1}", f"norm_{i + 1}", f"total_norm_{i + 1}"]
+    window = "" if (bins.t0, bins.t1) == (0, view.length) else f" · window t = {bins.t0}..{bins.t1 - 1}"
+    return alt.vconcat(*rows, params=[time_selection(views)], spacing=18,
+                       title=f"{view.label} · L = {view.length:,}{window}",
+                       resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="independent", strokeDash="independent")))
+
+
+def chart_html(chart: alt.TopLevelMixin) -> str:
+    """A standalone HTML page: spec and data inline; vega, vega-lite and vega-embed from a CDN."""
+    return chart.to_html()
+
+
+def fast_construction() -> None:
+    """Skip Altair's schema validation at object construction, process-wide (its DEBUG_MODE):
+    it costs ~1 s per dashboard on a busy CPU. Servers call this once; tests leave it on and
+    validate every chart spec (to_dict validates regardless)."""
+    alt.utils.schemapi.disable_debug_mode()
+
+
+def spec_json(chart: alt.TopLevelMixin) -> str:
+    """The Vega-Lite JSON, compact and not re-validated against the schema (that costs seconds per
+    trace on a busy CPU; tests/test_viz.py validates the same charts)."""
+    return chart.to_json(validate=False, indent=None)

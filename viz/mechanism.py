@@ -1,0 +1,132 @@
+"""Charts of the induction mechanism (model/mechanism.py): numpy in, alt.Chart out, one function per chart.
+
+    from viz.mechanism import delta_ratio_chart, hidden_attention_chart
+    delta_ratio_chart(ratio, label="trained")              # ratio: [n_layer, D]
+
+No torch, no gradio: the app and `python -m model.mechanism` both call these with plain arrays.
+Encodings name their types explicitly (channel:O, ratio:Q, ...).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+
+def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence[tuple] = ()) -> alt.Chart:
+    """Δ at the memory token / median Δ over the filler, per layer and channel (log scale).
+
+    ratio: [n_layer, D]; highlight: (layer, channel) pairs drawn as memory channels.
+    """
+    ratio = np.asarray(ratio, dtype=np.float64)
+    L, D = ratio.shape
+    hl = {(int(a), int(b)) for a, b in highlight}
+    df = pd.DataFrame({"layer": np.repeat(np.arange(1, L + 1), D), "channel": np.tile(np.arange(D), L),
+                       "ratio": np.clip(ratio.ravel(), 1e-3, None)})
+    df["memory channel"] = [(ly - 1, c) in hl for ly, c in zip(df.layer, df.channel)]
+    return alt.Chart(df).mark_circle(size=28).encode(
+        x=alt.X("channel:Q", title="channel d"),
+        y=alt.Y("ratio:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e"), title="Δ ratio (log)"),
+        color=alt.Color("memory channel:N", scale=alt.Scale(domain=[False, True], range=["#9aa5b1", "#d62728"])),
+        tooltip=["layer:O", "channel:O", alt.Tooltip("ratio:Q", format=".3g")],
+    ).properties(width=320, height=160).facet(row=alt.Row("layer:O", title="layer")).properties(
+        title=f"Δ(memory) / median Δ(filler) {label}".strip())
+
+
+def probe_accuracy_chart(acc: np.ndarray, distances: Sequence[int], layer: int, label: str = "",
+                         chance: float = 1 / 16) -> alt.Chart:
+    """Per-channel linear-probe accuracy for M from h[d, :], at several distances after the write.
+
+    acc: [n_distances, D] for one layer (layer is 0-based; shown 1-based).
+    """
+    acc = np.asarray(acc, dtype=np.float64)
+    T, D = acc.shape
+    df = pd.DataFrame({"distance": np.repeat(np.asarray(distances), D), "channel": np.tile(np.arange(D), T),
+                       "accuracy": acc.ravel()})
+    title = f"probe accuracy for M per channel, layer {layer + 1} {label}".strip()
+    return alt.Chart(df, title=title).mark_rect().encode(
+        x=alt.X("channel:O", title="channel d", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("distance:O", title="steps after the write"),
+        color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[chance, 1.0], scheme="viridis", clamp=True)),
+        tooltip=["channel:O", "distance:O", alt.Tooltip("accuracy:Q", format=".2f")],
+    ).properties(width=480, height=120)
+
+
+def state_evolution_chart(series: dict) -> alt.Chart:
+    """Memory-channel state out to long distances, one line per checkpoint and quantity.
+
+    series: {checkpoint: {"distance": [n], "<quantity>": [n], ...}}, e.g. quantities "retained ρ",
+    "query accuracy"; each checkpoint may have its own distances; NaN = not measured.
+    """
+    rows = []
+    for ck, qs in series.items():
+        dist = qs["distance"]
+        for q, vals in qs.items():
+            if q == "distance":
+                continue
+            for d, v in zip(dist, vals):
+                if v is not None and np.isfinite(v):
+                    rows.append({"checkpoint": ck, "quantity": q, "distance": int(d), "value": float(v)})
+    df = pd.DataFrame(rows, columns=["checkpoint", "quantity", "distance", "value"])
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("distance:Q", scale=alt.Scale(type="log", base=2), title="steps after the write (log2)"),
+        y=alt.Y("value:Q", title=None),
+        color=alt.Color("checkpoint:N"),
+        tooltip=["checkpoint:N", "quantity:N", "distance:Q", alt.Tooltip("value:Q", format=".3g")],
+    ).properties(width=260, height=160).facet(column=alt.Column("quantity:N", title=None)).properties(
+        title="memory channels after the write, streaming")
+
+
+def hidden_attention_chart(alpha: np.ndarray, tokens: Optional[Sequence[int]] = None, title: str = "",
+                           log: bool = True, floor: float = 1e-12) -> alt.Chart:
+    """Heatmap of a hidden attention matrix α̃ [L, L] (row i = output time, column j = input time).
+
+    log: colour by log10(|α̃| + floor) so that both the written token and the ~1e-13 leak show.
+    """
+    a = np.abs(np.asarray(alpha, dtype=np.float64))
+    L = a.shape[0]
+    i, j = np.tril_indices(L)
+    v = a[i, j]
+    df = pd.DataFrame({"i": i, "j": j, "value": np.log10(v + floor) if log else v})
+    if tokens is not None:
+        tok = np.asarray(tokens)
+        df["token_j"] = tok[j]
+    enc = dict(x=alt.X("j:O", title="input time j", axis=alt.Axis(labels=False, ticks=False)),
+               y=alt.Y("i:O", title="output time i", axis=alt.Axis(labels=False, ticks=False)),
+               color=alt.Color("value:Q", title="log10 |α̃|" if log else "|α̃|", scale=alt.Scale(scheme="magma")),
+               tooltip=["i:O", "j:O", alt.Tooltip("value:Q", format=".3g")]
+               + (["token_j:O"] if tokens is not None else []))
+    return alt.Chart(df, title=title or "hidden attention").mark_rect().encode(**enc).properties(width=260, height=260)
+
+
+def horizon_chart(names: Sequence[str], predicted: Sequence[float], measured: Sequence[float],
+                  measured_is_lower_bound: Sequence[bool]) -> alt.Chart:
+    """Predicted horizon 1/(Δ_filler·|A|) vs measured horizon, per checkpoint (log-log)."""
+    df = pd.DataFrame({"checkpoint": list(names), "predicted": np.asarray(predicted, dtype=np.float64),
+                       "measured": np.asarray(measured, dtype=np.float64),
+                       "measured is a lower bound": list(measured_is_lower_bound)})
+    lo = float(np.nanmin(df[["predicted", "measured"]].to_numpy())) / 2
+    hi = float(np.nanmax(df[["predicted", "measured"]].to_numpy())) * 2
+    diag = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(strokeDash=[4, 4], color="gray").encode(
+        x=alt.X("x:Q", scale=alt.Scale(type="log")), y=alt.Y("y:Q", scale=alt.Scale(type="log")))
+    pts = alt.Chart(df).mark_point(size=90, filled=True).encode(
+        x=alt.X("predicted:Q", scale=alt.Scale(type="log"), title="predicted 1/(Δ_filler·|A|) (tokens)"),
+        y=alt.Y("measured:Q", scale=alt.Scale(type="log"), title="measured horizon (tokens)"),
+        color=alt.Color("checkpoint:N"), shape=alt.Shape("measured is a lower bound:N"),
+        tooltip=["checkpoint:N", alt.Tooltip("predicted:Q", format=".3g"), alt.Tooltip("measured:Q", format=".3g")])
+    return (diag + pts).properties(width=300, height=260, title="extrapolation horizon")
+
+
+def intervention_chart(checkpoint: Sequence[str], intervention: Sequence[str], accuracy: Sequence[float]) -> alt.Chart:
+    """Accuracy under each intervention, grouped by checkpoint."""
+    df = pd.DataFrame({"checkpoint": list(checkpoint), "intervention": list(intervention),
+                       "accuracy": np.asarray(accuracy, dtype=np.float64)})
+    return alt.Chart(df, title="accuracy under interventions").mark_bar().encode(
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("intervention:N", sort=None, title=None),
+        color=alt.Color("checkpoint:N"),
+        yOffset=alt.YOffset("checkpoint:N"),
+        tooltip=["checkpoint:N", "intervention:N", alt.Tooltip("accuracy:Q", format=".3f")],
+    ).properties(width=300)
