@@ -130,11 +130,12 @@ def user_errors(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if MODEL.lm is None and fn.__name__ not in _NO_MODEL_NEEDED:
-            raise gr.Error(f"no model is loaded: {MODEL.error}")
+            raise gr.Error(f"no model is loaded: {MODEL.error}", print_exception=False)
         try:
             return fn(*args, **kwargs)
         except (ValueError, CheckpointError) as e:      # TokenError is a ValueError
-            raise gr.Error(str(e)) from e
+            # the user's mistake, not the server's: no traceback in the server log either
+            raise gr.Error(str(e), print_exception=False) from e
     return wrapper
 
 

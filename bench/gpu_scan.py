@@ -99,7 +99,7 @@ def run_table(args) -> list[dict]:
                 rows.append(dict(model=name, D=dim, N=n, B=batch, L=L, norms=norms, provider=prov, ms=ms,
                                  gbs=nbytes / ms / 1e6, roofline=100 * t_roof / ms,
                                  config=" ".join(f"{k}={v}" for k, v in cfg.items())))
-                print(f"  {name} B={batch} L=2^{L.bit_length() - 1} norms={norms} {prov}: {ms:.3f} ms "
+                print(f"  {name} B={batch} L={_cell(L)} norms={norms} {prov}: {ms:.3f} ms "
                       f"({100 * t_roof / ms:.0f}% of roofline)", file=sys.stderr, flush=True)
         del x
     return rows

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .config import NORM_EPSILON_DEFAULT, MambaConfig
 from .mamba import MambaLM
+from .safetensors_io import write_safetensors
 
 FORMAT = "mambascope-checkpoint/1"
 MAX_HEADER_BYTES = 100 << 20    # safetensors' own limit is 100 MB
@@ -60,9 +59,7 @@ def save_checkpoint(lm: MambaLM, path, task: Optional[dict] = None, extra: Optio
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)       # atomic: a crash never leaves half a checkpoint under the real name
+    write_safetensors(sd, path, meta)   # byte-deterministic: same weights + metadata, same sha256
     return file_sha256(path)
 
 

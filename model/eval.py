@@ -170,7 +170,7 @@ def main(argv=None):
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for c in chans:
             print(f"| {c['layer']} | {c['channel']} | {c['delta_memory']:.3g} | {c['delta_filler']:.3g} | "
-                  f"{c['ratio']:.0f} | {c['a_min']:.3g} | {c['forget_per_token']:.2g} |")
+                  f"{c['ratio']:.2g} | {c['a_min']:.3g} | {c['forget_per_token']:.2g} |")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from kernels import resolve_backend
+
+from .safetensors_io import write_safetensors
 
 TRACE_FORMAT = "mambascope-trace/1"
 DEFAULT_MAX_STATE_ELEMS = 1 << 24   # full states: 64 MiB of fp32 over all layers unless raised
@@ -75,7 +76,7 @@ class Trace:
         meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.meta.items()}
         meta["format"] = TRACE_FORMAT
         meta["n_layer"] = str(len(self.layers))
-        save_file(self.to_tensors(), str(path), metadata=meta)
+        write_safetensors(self.to_tensors(), path, meta)
 
     @classmethod
     def load(cls, path) -> "Trace":

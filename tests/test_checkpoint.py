@@ -171,3 +171,19 @@ def test_unsupported_architecture(saved, tmp_path):
 def test_float16_weights_load(saved, tmp_path):
     bad = _rewrite(saved[1], tmp_path, edit_sd=lambda sd: sd.update({k: v.half() for k, v in sd.items()}))
     assert load_checkpoint(bad).backbone.norm_f.weight.dtype == torch.float32
+
+
+def test_same_weights_give_the_same_file(tmp_path):
+    """The sha256 is a checkpoint's identity (traces, model cards): saving twice must not change it."""
+    import subprocess
+    import sys
+    torch.manual_seed(3)
+    lm = MambaLM(MambaConfig())
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    sha_a = save_checkpoint(lm, a, task={"x": 1, "y": [1, 2]})
+    # a second process: a per-process hash seed once reordered the metadata header
+    code = ("import sys, torch; from model import *; lm = load_checkpoint(sys.argv[1]); "
+            "print(save_checkpoint(lm, sys.argv[2], task=lm.task))")
+    sha_b = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert sha_a == sha_b and a.read_bytes() == b.read_bytes()

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
-from model.data import task_metadata
+from model.data import induction_batch, task_metadata
 from model.eval import count_correct, evaluate, main as eval_main, markdown_table
 from model.train import TrainConfig, train
 
@@ -27,6 +27,16 @@ def shipped():
 def test_shipped_checkpoint_solves_the_task(shipped, length, floor):
     correct = count_correct(shipped, length, 512, seed=TEST_SEED + length)
     assert correct / 512 >= floor, f"{correct}/512 right at L={length}, need >= {floor:.1%}"
+
+
+@pytest.mark.parametrize("pos", [0, 1, 200, 251, 252, 253])
+def test_shipped_checkpoint_at_the_edges(shipped, pos):
+    """The rare placements: memory at the start, or right before the query (inside its conv window,
+    p = L-3 has probability 1/254 in training; an under-trained run got 7% there)."""
+    b = induction_batch(128, 256, seed=TEST_SEED + pos, trigger_pos=pos)
+    with torch.no_grad():
+        pred = shipped(b.tokens, num_last_tokens=1)[:, -1].argmax(-1)
+    assert (pred == b.target).float().mean() >= 0.99, f"trigger at {pos}: {(pred == b.target).sum()}/128"
 
 
 def test_shipped_checkpoint_metadata(shipped):

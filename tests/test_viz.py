@@ -355,7 +355,7 @@ def test_with_the_real_model_and_summary():
     tr = MambaLM(MambaConfig()).trace(sequences.realize(sequences.PRESETS["Two triggers"], induction_batch))
     v = TraceView.from_trace(tr, label="fresh")
     spec = charts.dashboard(v, sort="ratio").to_dict()
-    assert json.loads(json.dumps(spec))["title"].startswith("fresh · L = 256")
+    assert json.loads(json.dumps(spec))["title"]["text"].startswith("fresh · L = 256")
     text = summary.describe(v)
     assert "2 triggers" in text and ("correct" in text or "wrong" in text)
     assert isinstance(charts.dashboard(v), alt.VConcatChart)

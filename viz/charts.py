@@ -214,7 +214,7 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
         views += [f"delta_{i + 1}", f"norm_{i + 1}", f"total_norm_{i + 1}"]
     window = "" if (bins.t0, bins.t1) == (0, view.length) else f" · window t = {bins.t0}..{bins.t1 - 1}"
     return alt.vconcat(*rows, params=[time_selection(views)], spacing=18,
-                       title=f"{view.label} · L = {view.length:,}{window}",
+                       title=alt.TitleParams(f"{view.label} · L = {view.length:,}{window}", anchor="start"),
                        resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="independent", strokeDash="independent")))
 
 

@@ -103,7 +103,7 @@ def hidden_attention_chart(alpha: np.ndarray, tokens: Optional[Sequence[int]] = 
 
 def horizon_chart(names: Sequence[str], predicted: Sequence[float], measured: Sequence[float],
                   measured_is_lower_bound: Sequence[bool]) -> alt.Chart:
-    """Predicted horizon 1/(Δ_filler·|A|) vs measured horizon, per checkpoint (log-log)."""
+    """Horizon predicted by the decay formula exp(-τ Δ_filler |A|) vs measured, per checkpoint (log-log)."""
     df = pd.DataFrame({"checkpoint": list(names), "predicted": np.asarray(predicted, dtype=np.float64),
                        "measured": np.asarray(measured, dtype=np.float64),
                        "measured is a lower bound": list(measured_is_lower_bound)})
@@ -112,7 +112,7 @@ def horizon_chart(names: Sequence[str], predicted: Sequence[float], measured: Se
     diag = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(strokeDash=[4, 4], color="gray").encode(
         x=alt.X("x:Q", scale=alt.Scale(type="log")), y=alt.Y("y:Q", scale=alt.Scale(type="log")))
     pts = alt.Chart(df).mark_point(size=90, filled=True).encode(
-        x=alt.X("predicted:Q", scale=alt.Scale(type="log"), title="predicted 1/(Δ_filler·|A|) (tokens)"),
+        x=alt.X("predicted:Q", scale=alt.Scale(type="log"), title="predicted by Δ_filler·|A| decay (tokens)"),
         y=alt.Y("measured:Q", scale=alt.Scale(type="log"), title="measured horizon (tokens)"),
         color=alt.Color("checkpoint:N"), shape=alt.Shape("measured is a lower bound:N"),
         tooltip=["checkpoint:N", alt.Tooltip("predicted:Q", format=".3g"), alt.Tooltip("measured:Q", format=".3g")])
