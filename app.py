@@ -31,9 +31,9 @@ import torch
 from gradio.components.plot import PlotData
 
 from kernels import resolve_backend
-from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
+from model import CheckpointError, MambaConfig, MambaLM, compare, load_checkpoint
 from model.data import induction_batch
-from viz import charts, sequences, summary, tables
+from viz import charts, mechanism, sequences, summary, tables
 from viz.frames import MAX_BINS_DEFAULT, MAX_BINS_LIMIT, TraceView, clamp_window, time_bins
 
 try:                                     # Hugging Face ZeroGPU: the GPU is lent per decorated call
@@ -50,6 +50,11 @@ CONCURRENCY = 2                          # model runs at once (2 CPU cores on th
 MAX_QUEUE = 64                           # requests waiting beyond that are refused, not piled up
 EXPORT_MAX_AGE_S = 3600                  # exported files are removed after an hour
 VIEW_QUANTITIES = ("delta", "state_norm")   # what the charts draw (exports take everything)
+CHECKPOINT_DIR = ROOT / "checkpoints"    # the Mechanism tab offers every *.safetensors in here
+ATTENTION_MAX_BINS = 96                  # hidden attention <= 96 x 96 cells: the lower triangle's 4,656
+                                         # rects stay under Altair's 5,000-row limit for DataFrames
+MEAN_CHANNELS = "mean over channels"     # channel choice: mean |α̃| over all channels
+MEMORY_CHANNELS = "memory channels"      # channel text: the 16 top-Δ-ratio channels of the layer
 ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
 DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cpu")
 if DEVICE.type == "cpu":
@@ -262,7 +267,97 @@ def export_html(tokens_text: str, channel_sort: str, max_bins: float, t_from: Op
     return str(path)
 
 
-_NO_MODEL_NEEDED = {"generate", "apply_preset", "set_memory", "move_trigger"}
+# ---------------------------------------------------------------- adapters: the Mechanism tab
+# These run the checkpoints chosen in the tab (model/compare.py loads each once), not MODEL.
+# Their dropdowns allow custom values so that a bad name reaches our check and its message
+# (Gradio's own choices check logs a traceback).
+def _plot(chart) -> PlotData:
+    return PlotData(type="altair", plot=charts.spec_json(chart))
+
+
+def _layer(choice: str) -> int:
+    """'layer 2' -> 1."""
+    try:
+        return int(str(choice).split()[-1]) - 1
+    except (ValueError, IndexError):
+        raise ValueError(f"unknown layer {choice!r}; choose e.g. 'layer 1'") from None
+
+
+def _ratio_note(ratio: Optional[np.ndarray]) -> str:
+    if ratio is None:
+        return "no S M pair: no Δ ratio"
+    return " · ".join(f"layer {i + 1}: max Δ ratio {r.max():.3g} (ch {int(r.argmax())})" for i, r in enumerate(ratio))
+
+
+@user_errors
+def compare_checkpoints(tokens_text: str, checkpoint_a: str, checkpoint_b: str):
+    """The same sequence on two checkpoints: (Markdown table, Δ-ratio chart A, Δ-ratio chart B)."""
+    tokens = _tokens(tokens_text)
+    rows, plots = [], []
+    for name in (checkpoint_a, checkpoint_b):
+        lm = compare.load_named(CHECKPOINT_DIR, name, DEVICE)
+        pred, ratio = compare.query_summary(lm, tokens)
+        rows.append((name, pred.top, pred.p_top, pred.memory, pred.p_memory, _ratio_note(ratio)))
+        plots.append(None if ratio is None else _plot(mechanism.delta_ratio_chart(ratio, label=name)))
+    return mechanism.prediction_markdown(rows), plots[0], plots[1]
+
+
+def _channel(choice) -> Optional[int]:
+    if choice is None or str(choice).strip() == MEAN_CHANNELS:
+        return None
+    try:
+        return int(str(choice).strip())
+    except ValueError:
+        raise ValueError(f"channel {choice!r} is not a whole number or {MEAN_CHANNELS!r}") from None
+
+
+@user_errors
+def show_attention(tokens_text: str, checkpoint: str, layer: str, channel: str) -> PlotData:
+    """Hidden attention α̃ of one layer (one channel or mean |α̃|), binned to ATTENTION_MAX_BINS."""
+    tokens = _tokens(tokens_text)
+    lm = compare.load_named(CHECKPOINT_DIR, checkpoint, DEVICE)
+    ch = _channel(channel)
+    alpha = compare.attention_map(lm, tokens, _layer(layer), ch)
+    what = MEAN_CHANNELS + " of |α̃|" if ch is None else f"channel {ch}"
+    return _plot(mechanism.hidden_attention_chart(alpha, tokens=tokens, max_bins=ATTENTION_MAX_BINS,
+                                                  title=f"{checkpoint}: layer {_layer(layer) + 1}, {what}"))
+
+
+@user_errors
+def intervene(tokens_text: str, checkpoint: str, kind: str, layer: str, channels_text: str,
+              timestep: Optional[float], until: Optional[float], value: float):
+    """Query prediction before vs after one intervention: (Markdown table, p(M)-over-t chart).
+    timestep empty = the write position (the memory token M after the first S)."""
+    tokens = _tokens(tokens_text)
+    lm = compare.load_named(CHECKPOINT_DIR, checkpoint, DEVICE)
+    li = _layer(layer)
+    if not 0 <= li < lm.config.n_layer:
+        raise ValueError(f"layer {li + 1} is out of range 1..{lm.config.n_layer}")
+    if timestep is None or timestep == "":
+        write = sequences.task_positions(tokens).memory_pos
+        if not write:
+            raise ValueError("give a timestep: the sequence has no S M pair whose write position to default to")
+        t = write[0]
+    else:
+        t = _int(timestep, "timestep")
+    channels = ()
+    if kind != "ablate layer SSM output":
+        channels = (compare.memory_channels(lm, tokens, li) if channels_text.strip().lower() == MEMORY_CHANNELS
+                    else compare.parse_channels(channels_text, lm.config.d_inner))
+    iv = compare.make_intervention(kind, li, channels, t, None if until in (None, "") else _int(until, "until t"),
+                                   value, len(tokens))
+    before, after = compare.run_intervention(lm, tokens, iv)
+    where = f"layer {li + 1}, t = {t}" + (f", channels {', '.join(map(str, channels))}" if channels else "")
+    md = mechanism.prediction_markdown([("before", before.top, before.p_top, before.memory, before.p_memory, ""),
+                                        ("after", after.top, after.p_top, after.memory, after.p_memory,
+                                         f"{kind} ({where})")])
+    chart = None if before.p_memory_t is None else _plot(mechanism.p_memory_chart(
+        before.p_memory_t, after.p_memory_t, title=f"p(M) before vs after {kind}, {where}"))
+    return md, chart
+
+
+_NO_MODEL_NEEDED = {"generate", "apply_preset", "set_memory", "move_trigger", "compare_checkpoints",
+                    "show_attention", "intervene"}
 
 
 # ---------------------------------------------------------------- layout
@@ -333,6 +428,46 @@ def build_ui() -> gr.Blocks:
                                 b_html = gr.Button("Charts (.html)", elem_id="export-html")
                             out_file = gr.File(label="download", elem_id="export-file")
 
+            with gr.Tab("Mechanism", id="mechanism"):
+                ck_names = compare.list_checkpoints(CHECKPOINT_DIR)
+                ck_first = DEFAULT_CHECKPOINT.name if DEFAULT_CHECKPOINT.name in ck_names else (ck_names or [None])[0]
+                ck_second = next((n for n in ck_names if n.startswith("analytic")), ck_first)
+                gr.Markdown("The sequence of the **Explore** tab on checkpoints from `checkpoints/`: the "
+                            "prediction at the query and the Δ ratio (Δ at the memory token / median Δ elsewhere) "
+                            "side by side, the hidden attention α̃ of a layer, and interventions.")
+                with gr.Row():
+                    ck_a = gr.Dropdown(ck_names, value=ck_first, label="checkpoint", allow_custom_value=True,
+                                       elem_id="mech-checkpoint")
+                    ck_b = gr.Dropdown(ck_names, value=ck_second, label="compare with", allow_custom_value=True,
+                                       elem_id="mech-compare")
+                    cmp_btn = gr.Button("Compare", variant="primary", elem_id="mech-run-compare")
+                cmp_md = gr.Markdown(elem_id="mech-compare-summary")
+                with gr.Row():
+                    cmp_a = gr.Plot(show_label=False, elem_id="mech-ratio-a")
+                    cmp_b = gr.Plot(show_label=False, elem_id="mech-ratio-b")
+                with gr.Accordion("Hidden attention α̃ (sequences up to 2048 tokens)", open=True):
+                    with gr.Row():
+                        att_layer = gr.Dropdown([f"layer {i + 1}" for i in range(N_LAYER)], value=f"layer {N_LAYER}",
+                                                allow_custom_value=True, label="layer")
+                        att_ch = gr.Dropdown([MEAN_CHANNELS] + [str(c) for c in range(MambaConfig().d_inner)],
+                                             value=MEAN_CHANNELS, allow_custom_value=True, label="channel")
+                        att_btn = gr.Button("Show hidden attention", elem_id="mech-run-attention")
+                    att_plot = gr.Plot(show_label=False, elem_id="mech-attention")
+                with gr.Accordion("Interventions (on the checkpoint chosen above)", open=True):
+                    with gr.Row():
+                        iv_kind = gr.Radio(list(compare.INTERVENTIONS), value=compare.INTERVENTIONS[0], label="type")
+                        iv_layer = gr.Dropdown([f"layer {i + 1}" for i in range(N_LAYER)], value=f"layer {N_LAYER}",
+                                               allow_custom_value=True, label="layer")
+                        iv_ch = gr.Textbox(MEMORY_CHANNELS, label=f"channels ('3, 7, 88' or '{MEMORY_CHANNELS}')")
+                    with gr.Row():
+                        iv_t = gr.Number(None, label="timestep t (empty = the write position, M after S)",
+                                         precision=0)
+                        iv_until = gr.Number(None, label="until t (exclusive; empty = t + 1)", precision=0)
+                        iv_value = gr.Number(0.0, label="clamp Δ to")
+                        iv_btn = gr.Button("Run intervention", elem_id="mech-run-intervention")
+                    iv_md = gr.Markdown(elem_id="mech-intervention-summary")
+                    iv_plot = gr.Plot(show_label=False, elem_id="mech-intervention")
+
         view_in = [text, sort, bins, t_from, t_to, layers, stat]
         view_out = [plot, info]
         gen_widgets = [length, trig, mem, seed, n_trig, excl, every]
@@ -354,6 +489,10 @@ def build_ui() -> gr.Blocks:
         b_csv.click(export_csv, [text, t_from, t_to, all_q], out_file, api_name="export_csv")
         b_html.click(export_html, view_in, out_file, api_name="export_html")
         demo.load(show_plot, view_in, view_out, api_name=False)
+        cmp_btn.click(compare_checkpoints, [text, ck_a, ck_b], [cmp_md, cmp_a, cmp_b], api_name="compare")
+        att_btn.click(show_attention, [text, ck_a, att_layer, att_ch], att_plot, api_name="hidden_attention")
+        iv_btn.click(intervene, [text, ck_a, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value], [iv_md, iv_plot],
+                     api_name="intervene")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo
 

@@ -97,3 +97,14 @@ def test_bad_input_shows_its_error_and_keeps_the_text(page):
     page.click("#run")
     page.get_by_text("token 3 ('x') is not an integer or S").first.wait_for(timeout=TIMEOUT_MS)
     assert page.input_value("#tokens textarea") == "1 2 x 4"
+
+
+def test_mechanism_tab_renders_the_comparison_charts(page):
+    page.fill("#tokens textarea", "3 7 1 S 9 4 4 2 5 S")
+    page.get_by_role("tab", name="Mechanism").click()
+    page.click("#mech-run-compare")
+    for plot in ("#mech-ratio-a", "#mech-ratio-b"):
+        page.wait_for_selector(f"{plot} .vega-embed canvas, {plot} .vega-embed svg.marks", timeout=TIMEOUT_MS)
+    assert "top token at the query" in page.inner_text("#mech-compare-summary")
+    assert page.evaluate(CANVAS_INK, "#mech-ratio-a .vega-embed canvas") > 0.01       # drawn, not blank
+    page.get_by_role("tab", name="Explore").click()

@@ -79,17 +79,37 @@ def state_evolution_chart(series: dict) -> alt.Chart:
         title="memory channels after the write, streaming")
 
 
-def hidden_attention_chart(alpha: np.ndarray, tokens: Optional[Sequence[int]] = None, title: str = "",
-                           log: bool = True, floor: float = 1e-12) -> alt.Chart:
-    """Heatmap of a hidden attention matrix α̃ [L, L] (row i = output time, column j = input time).
+def bin_attention(alpha: np.ndarray, max_bins: int) -> tuple:
+    """Block max of |α̃| over w x w squares so that at most max_bins bins remain per axis.
 
-    log: colour by log10(|α̃| + floor) so that both the written token and the ~1e-13 leak show.
+    alpha [L, L] -> (binned [ceil(L/w), ceil(L/w)], w); w = 1 (a copy of |α̃|) when L <= max_bins.
+    Max, not mean, so that a single written token stays visible in its block.
     """
     a = np.abs(np.asarray(alpha, dtype=np.float64))
     L = a.shape[0]
+    w = max(1, -(-L // max(1, int(max_bins))))                        # ceil(L / max_bins)
+    n = -(-L // w)
+    pad = np.zeros((n * w, n * w))
+    pad[:L, :L] = a
+    return pad.reshape(n, w, n, w).max(axis=(1, 3)), w                # [n, n]
+
+
+def hidden_attention_chart(alpha: np.ndarray, tokens: Optional[Sequence[int]] = None, title: str = "",
+                           log: bool = True, floor: float = 1e-12, max_bins: Optional[int] = None) -> alt.Chart:
+    """Heatmap of a hidden attention matrix α̃ [L, L] (row i = output time, column j = input time).
+
+    log: colour by log10(|α̃| + floor) so that both the written token and the ~1e-13 leak show.
+    max_bins: draw at most max_bins x max_bins cells (block max of |α̃| over w x w steps, cells
+    labelled by their first timestep; tokens are then left out); None = every cell.
+    """
+    a, w = (np.abs(np.asarray(alpha, dtype=np.float64)), 1) if max_bins is None else bin_attention(alpha, max_bins)
+    L = a.shape[0]
     i, j = np.tril_indices(L)
     v = a[i, j]
-    df = pd.DataFrame({"i": i, "j": j, "value": np.log10(v + floor) if log else v})
+    df = pd.DataFrame({"i": i * w, "j": j * w, "value": np.log10(v + floor) if log else v})
+    if w > 1:
+        title = f"{title or 'hidden attention'} (max |α̃| over {w}x{w}-step blocks)"
+        tokens = None
     if tokens is not None:
         tok = np.asarray(tokens)
         df["token_j"] = tok[j]
@@ -130,3 +150,35 @@ def intervention_chart(checkpoint: Sequence[str], intervention: Sequence[str], a
         yOffset=alt.YOffset("checkpoint:N"),
         tooltip=["checkpoint:N", "intervention:N", alt.Tooltip("accuracy:Q", format=".3f")],
     ).properties(width=300)
+
+
+def p_memory_chart(before: np.ndarray, after: np.ndarray, title: str = "") -> alt.Chart:
+    """p(M) at every step, before and after an intervention: two lines over t.
+
+    before, after: [L] probabilities of the memory token M.
+    """
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    L = before.shape[0]
+    df = pd.DataFrame({"t": np.tile(np.arange(L), 2), "p(M)": np.concatenate([before, after]),
+                       "run": ["before"] * L + ["after"] * L})
+    chart = alt.Chart(df, title=title or "p(M) at every step, before vs after")
+    return chart.mark_line(interpolate="step-after").encode(
+        x=alt.X("t:Q", title="timestep t"),
+        y=alt.Y("p(M):Q", scale=alt.Scale(domain=[0, 1]), title="p(M)"),
+        color=alt.Color("run:N", sort=["before", "after"], scale=alt.Scale(range=["#4c78a8", "#d62728"])),
+        strokeDash=alt.StrokeDash("run:N", sort=["before", "after"]),
+        tooltip=["run:N", "t:Q", alt.Tooltip("p(M):Q", format=".3g")],
+    ).properties(width=640, height=180)
+
+
+def _tok(v: Optional[int]) -> str:
+    return "–" if v is None else ("S" if v == 16 else str(v))
+
+
+def prediction_markdown(rows: Sequence[tuple]) -> str:
+    """A Markdown table of query predictions: rows of (name, top token, p(top), M, p(M), note)."""
+    lines = ["| | top token at the query | p(top) | M | p(M) | |", "|---|---|---|---|---|---|"]
+    for name, top, p_top, m, p_m, note in rows:
+        pm = "–" if p_m is None else f"{p_m:.3g}"
+        lines.append(f"| **{name}** | **{_tok(top)}** | {p_top:.3g} | {_tok(m)} | {pm} | {note} |")
+    return "\n".join(lines)

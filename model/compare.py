@@ -1,0 +1,166 @@
+"""The mechanism tab's model side: checkpoints by name, the query prediction, Δ ratios, and the
+hidden attention / interventions of one sequence on one checkpoint (numpy out; charts in viz/).
+
+    from model.compare import load_named, query_summary, run_intervention
+    lm = load_named("analytic-2layer.safetensors")
+    query_summary(lm, tokens)             # top token, p(M), Δ ratio [n_layer, D]
+
+Checkpoints are the `*.safetensors` files in one folder, loaded lazily once each and then shared
+read-only (eval mode, never mutated): no per-user state. A name outside that folder's listing is
+refused, so a request cannot name an arbitrary path.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from viz.frames import delta_ratio
+from viz.sequences import task_positions
+
+from .analytic import MEMORY_CHANNELS, MEMORY_LAYER
+from .checkpoint import load_checkpoint
+from .hidden_attention import MAX_LEN, hidden_attention_for
+from .interventions import AblateSSM, ClampDelta, ZeroState, run_with_interventions
+
+# the mean over channels computes every channel's [L, L] α̃: measured ~4 s at L = 256 and ~19 s at
+# L = 512 on 2 busy cores, O(L^2), so minutes near 2048 would hold a worker; one channel is ~4 s there
+MEAN_MAX_LEN = 512
+N_MEMORY_CHANNELS = len(MEMORY_CHANNELS)   # "memory channels" = this many top Δ-ratio channels (16 = |content vocab|)
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def list_checkpoints(folder: Path) -> list:
+    """File names of the *.safetensors checkpoints in `folder`, sorted."""
+    return sorted(p.name for p in Path(folder).glob("*.safetensors"))
+
+
+def load_named(folder: Path, name: str, device="cpu"):
+    """The checkpoint `name` in `folder`, loaded once (then cached, read-only)."""
+    names = list_checkpoints(folder)
+    if name not in names:
+        raise ValueError(f"unknown checkpoint {name!r}; choose one of {', '.join(names) or '(none found)'}")
+    key = (str(Path(folder).resolve()), name, str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_checkpoint(Path(folder) / name, device=device).eval()
+        return _CACHE[key]
+
+
+def _memory(tokens: np.ndarray):
+    """(write position, memory token M) of the first S M pair, or (None, None)."""
+    pos = task_positions(tokens)
+    return (pos.memory_pos[0], pos.memory_tokens[0]) if pos.memory_pos else (None, None)
+
+
+@dataclass(frozen=True)
+class QueryPrediction:
+    top: int                     # argmax token at the last position (16 = S)
+    p_top: float
+    memory: Optional[int]        # M, or None when the sequence has no S M pair
+    p_memory: Optional[float]    # p(M) at the last position
+    p_memory_t: Optional[np.ndarray]   # [L] p(M) at every step
+
+
+def prediction(tr) -> QueryPrediction:
+    """The prediction at the last position (the query) of a Trace."""
+    _, m = _memory(tr.tokens)
+    last = tr.probs[-1]                                               # [V]
+    top = int(np.argmax(last))
+    return QueryPrediction(top, float(last[top]), m, None if m is None else float(last[m]),
+                           None if m is None else tr.probs[:, m].astype(np.float64))
+
+
+def delta_ratios(tr) -> Optional[np.ndarray]:
+    """Δ at the write position / median Δ elsewhere: [n_layer, D], or None without an S M pair."""
+    pos, _ = _memory(tr.tokens)
+    frames = [delta_ratio(lt.delta, pos) for lt in tr.layers]
+    return None if frames[0] is None else np.stack([f["ratio"].to_numpy() for f in frames])
+
+
+def query_summary(lm, tokens: np.ndarray):
+    """(QueryPrediction, Δ ratio [n_layer, D] or None) for one sequence."""
+    tr = lm.trace(tokens, include=("delta",))
+    return prediction(tr), delta_ratios(tr)
+
+
+def memory_channels(lm, tokens: np.ndarray, layer: int) -> list:
+    """The N_MEMORY_CHANNELS channels of `layer` with the largest Δ ratio at the write position
+    (for the closed-form model these are its memory channels 0..15 of layer 2)."""
+    _, ratio = query_summary(lm, tokens)
+    if ratio is None:
+        raise ValueError("'memory channels' needs a trigger S followed by a memory token M in the sequence")
+    return sorted(np.argsort(-ratio[layer], kind="stable")[:N_MEMORY_CHANNELS].tolist())
+
+
+def parse_channels(text: str, n_channels: int) -> list:
+    """'3, 7 88' -> [3, 7, 88]; each id checked against 0..n_channels-1."""
+    parts = [p for p in text.replace(",", " ").split()]
+    if not parts:
+        raise ValueError("give at least one channel (e.g. '3, 7, 88') or choose 'memory channels'")
+    out = []
+    for p in parts:
+        try:
+            c = int(p)
+        except ValueError:
+            raise ValueError(f"channel {p!r} is not a whole number (write e.g. '3, 7, 88')") from None
+        if not 0 <= c < n_channels:
+            raise ValueError(f"channel {c} is out of range 0..{n_channels - 1}")
+        out.append(c)
+    return sorted(set(out))
+
+
+def attention_map(lm, tokens: np.ndarray, layer: int, channel: Optional[int]) -> np.ndarray:
+    """α̃ of one channel, or mean |α̃| over channels (channel None): [L, L]."""
+    if len(tokens) > MAX_LEN:
+        raise ValueError(f"hidden attention needs a sequence of at most {MAX_LEN} tokens, got {len(tokens)}")
+    n_layer, D = lm.config.n_layer, lm.config.d_inner
+    if not 0 <= layer < n_layer:
+        raise ValueError(f"layer {layer + 1} is out of range 1..{n_layer}")
+    if channel is not None and not 0 <= channel < D:
+        raise ValueError(f"channel {channel} is out of range 0..{D - 1}")
+    if channel is None:
+        if len(tokens) > MEAN_MAX_LEN:
+            raise ValueError(f"the mean over channels is limited to {MEAN_MAX_LEN} tokens (it computes all {D} "
+                             f"channels' [L, L] maps), got {len(tokens)}: choose one channel or a shorter sequence")
+        return hidden_attention_for(lm, tokens, layer, reduce="abs_mean")
+    return hidden_attention_for(lm, tokens, layer, channels=[channel])[0]
+
+
+INTERVENTIONS = ("clamp Δ", "zero state", "ablate layer SSM output")
+
+
+def make_intervention(kind: str, layer: int, channels: Sequence[int], t: int, t_end: Optional[int],
+                      value: float, length: int):
+    """One intervention from the widgets' values. t is checked against 0..length-1; clamp Δ and
+    ablate act on steps [t, t_end) (t_end None = t + 1); zero state zeroes h before step t."""
+    if not 0 <= t < length:
+        raise ValueError(f"timestep {t} is out of range 0..{length - 1}")
+    end = t + 1 if t_end is None else t_end
+    if not t < end <= length:
+        raise ValueError(f"'until t' {end} must be in {t + 1}..{length} (after the timestep {t})")
+    if kind == "clamp Δ":
+        return ClampDelta(layer, tuple(channels), from_t=t, value=float(value), to_t=end)
+    if kind == "zero state":
+        if t == 0:
+            raise ValueError("zero state at t = 0 does nothing (h starts at 0); choose t >= 1")
+        return ZeroState(layer, tuple(channels), t)
+    if kind == "ablate layer SSM output":
+        return AblateSSM(layer, from_t=t, to_t=end)
+    raise ValueError(f"unknown intervention {kind!r}; choose one of {', '.join(INTERVENTIONS)}")
+
+
+def run_intervention(lm, tokens: np.ndarray, intervention):
+    """(before, after) QueryPrediction of one sequence without / with the intervention."""
+    before = run_with_interventions(lm, tokens)
+    after = run_with_interventions(lm, tokens, [intervention])
+    return prediction(before), prediction(after)
+
+
+__all__ = ["list_checkpoints", "load_named", "QueryPrediction", "prediction", "delta_ratios", "query_summary",
+           "memory_channels", "parse_channels", "attention_map", "MEAN_MAX_LEN", "INTERVENTIONS", "make_intervention",
+           "run_intervention", "MEMORY_LAYER"]
