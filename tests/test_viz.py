@@ -292,14 +292,16 @@ def test_inline_csv_quotes_text_and_keeps_every_row():
 
 
 def spec_from_html(html):
-    m = re.search(r"var spec = (\{.*?\});\n", html, re.S)
+    m = re.search(r"(?:var|const) spec = (\{.*?\});\n", html, re.S)
     assert m, "no Vega-Lite spec in the page"
     return json.loads(m.group(1))
 
 
 def test_html_export_holds_the_specs():
     chart = charts.dashboard(fake_view(L=64, mem_pos=10))
-    spec = spec_from_html(charts.chart_html(chart))
+    html = charts.chart_html(chart)
+    spec = spec_from_html(html)
+    assert "cdn.jsdelivr" not in html and "<script src=" not in html     # standalone: works offline
     assert spec["params"][0]["name"] == charts.TIME_PARAM and spec["datasets"] == chart.to_dict()["datasets"]
     assert len(heatmaps(spec, "Δ (step size")) == N_LAYER
 
