@@ -54,6 +54,20 @@ class MixerHooks:
     output: Optional[Callable[[Tensor], Tensor]] = None
 
 
+def _causal_depthwise_conv(x_ext: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Depthwise conv1d, no padding: x_ext [B, D, K-1+L], weight [D, 1, K], bias [D] -> [B, D, L].
+
+    The same sum as F.conv1d(..., groups=D) written as K shifted multiply-adds: oneDNN's depthwise
+    path measured 2.2 ms per layer at L=4096 on 2 cores, the K=4 slabs ~0.4 ms."""
+    K = weight.shape[-1]
+    L = x_ext.shape[-1] - (K - 1)
+    w = weight[:, 0, :]                                               # [D, K]
+    out = torch.addcmul(bias[:, None], x_ext[:, :, :L], w[:, :1])     # [B, D, L]
+    for k in range(1, K):
+        out = out.addcmul_(x_ext[:, :, k:k + L], w[:, k:k + 1])
+    return out
+
+
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight, in fp32 (mamba_ssm.ops.triton.layer_norm.rms_norm_ref)."""
 
@@ -115,7 +129,7 @@ class MambaMixer(nn.Module):
         conv_prev = state.conv if state is not None else x.new_zeros(batch, Dn, self.d_conv - 1)
         x_ext = torch.cat([conv_prev.to(x.dtype), x], dim=-1)        # [B, D, d_conv-1+L]
         conv_next = x_ext[:, :, x_ext.shape[-1] - (self.d_conv - 1):].detach()
-        u = F.silu(F.conv1d(x_ext, self.conv1d.weight, self.conv1d.bias, groups=Dn))  # [B, D, L]
+        u = F.silu(_causal_depthwise_conv(x_ext, self.conv1d.weight, self.conv1d.bias))  # [B, D, L]
         x_dbl = self.x_proj(u.transpose(1, 2))                        # [B, L, R+2N]
         dt, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # [B, D, L], bias in the scan
