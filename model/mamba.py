@@ -148,8 +148,9 @@ class MambaMixer(nn.Module):
                                        return_last_state=True, initial_state=h0, backend=backend)
         else:
             want_states = bool(record.get("want_states"))
+            # discretise once: the record keeps Δ and the scan takes it as given (same ops as inside)
+            delta = discretize_delta(delta, delta_bias, delta_softplus)          # [B, D, L]
             res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=None,
-                                 delta_bias=delta_bias, delta_softplus=delta_softplus,
                                  return_last_state=True, initial_state=h0, return_state_norm=True,
                                  return_states=want_states, backend=backend)
             h_last = res.last_state
@@ -157,7 +158,7 @@ class MambaMixer(nn.Module):
             t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
             record.update(ssm_input=t(u), B=t(Bm), C=t(Cm), state_norm=t(res.state_norm),
                           ssm_output=t(res.out),
-                          delta=t(discretize_delta(delta, delta_bias, delta_softplus)))
+                          delta=t(delta))
             if want_states:
                 record["states"] = res.states.transpose(1, 2)         # [B, L, D, N]
         out = self.out_proj(y.transpose(1, 2))                       # [B, L, d_model]
