@@ -113,7 +113,7 @@ def main():
                   f"{r['peak_rss_mb']:7.0f} MB" if "seconds" in r else r["note"]), file=sys.stderr, flush=True)
     if args.json:
         return
-    print(f"\n| impl | task | L | wall time | µs / token | peak RSS |\n|---|---|---|---|---|---|")
+    print("\n| impl | task | L | wall time | µs / token | peak RSS |\n|---|---|---|---|---|---|")
     for r in rows:
         if "seconds" in r:
             print(f"| {r['impl']} | {r['task']} | {r['L']} | {r['seconds'] * 1e3:.1f} ms | "

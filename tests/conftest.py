@@ -29,3 +29,23 @@ def make_scan_inputs(batch, dim, n, L, dtype=torch.float32, seed=0, requires_gra
 @pytest.fixture
 def scan_inputs():
     return make_scan_inputs
+
+
+def rel(a, b):
+    """max |a - b| / max |b|, in float64: the relative error every scan test bounds."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+CALL_TIMEOUT_S = 120
+
+
+def call(client, *args, api_name):
+    """One app endpoint call through gradio_client, bounded in time."""
+    return client.submit(*args, api_name=api_name).result(timeout=CALL_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A gradio_client for the module's own `server` fixture (url, log)."""
+    from gradio_client import Client
+    return Client(server[0], verbose=False)

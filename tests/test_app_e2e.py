@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bench.app_load import start_app, stop
+from tests.conftest import call
 
 LAYERS = ["layer 1", "layer 2"]
-CALL_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,6 @@ def server(checkpoint, tmp_path_factory):
     proc, url = start_app(log, {"MAMBASCOPE_CHECKPOINT": str(checkpoint[0])})
     yield url, log
     stop(proc)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-    return Client(server[0], verbose=False)
-
-
-def call(client, *args, api_name):
-    return client.submit(*args, api_name=api_name).result(timeout=CALL_TIMEOUT_S)
 
 
 def view_args(text, sort="index", bins=256, t_from=None, t_to=None, layers=LAYERS, stat="max"):

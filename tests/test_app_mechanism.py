@@ -9,9 +9,9 @@ import pytest
 from bench.app_load import start_app, stop
 from model.analytic import MEMORY_CHANNELS, MEMORY_LAYER
 from model.data import induction_batch
+from tests.conftest import call
 from viz import sequences
 
-CALL_TIMEOUT_S = 120
 TRAINED, ANALYTIC = "induction-2layer.safetensors", "analytic-2layer.safetensors"
 MEMORY = ", ".join(map(str, MEMORY_CHANNELS))                       # "0, 1, ..., 15"
 OTHERS = ", ".join(str(c) for c in range(40, 40 + len(MEMORY_CHANNELS)))
@@ -24,16 +24,6 @@ def server(tmp_path_factory):
     proc, url = start_app(log)
     yield url, log
     stop(proc)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-    return Client(server[0], verbose=False)
-
-
-def call(client, *args, api_name):
-    return client.submit(*args, api_name=api_name).result(timeout=CALL_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

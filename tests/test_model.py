@@ -1,6 +1,4 @@
 """The model computes what mamba_ssm / HF transformers compute, causally, in chunks or at once."""
-import math
-
 import pytest
 import torch
 

@@ -3,13 +3,9 @@ import pytest
 import torch
 
 from kernels import ScanResult, selective_scan
-from tests.conftest import make_scan_inputs
+from tests.conftest import make_scan_inputs, rel
 
 SHAPES = [(1, 5, 4, 1), (3, 7, 16, 37), (2, 8, 16, 1000), (1, 128, 16, 1300), (3, 80, 16, 129), (2, 20, 64, 50)]
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -4,15 +4,11 @@ import torch
 
 from kernels import ScanResult, selective_scan
 from kernels import scan_torch
-from tests.conftest import make_scan_inputs
+from tests.conftest import make_scan_inputs, rel
 
 SHAPES = [  # (batch, D, N, L): L=1, odd L, L across several superblocks, batch > 1
     (1, 5, 4, 1), (3, 7, 16, 37), (2, 8, 16, 1000), (1, 128, 16, 1300), (3, 80, 16, 129),
 ]
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -11,15 +11,10 @@ import torch
 
 from kernels import ScanResult, selective_scan
 from kernels import scan_triton
-from tests.conftest import make_scan_inputs
+from tests.conftest import make_scan_inputs, rel
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-def rel(a, b):
-    """max |a - b| / max |b|, in float64."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def inputs(batch, dim, n, L, dtype=torch.float32, requires_grad=False, seed=0):
