@@ -1,11 +1,12 @@
-"""The compiled CPU scan (scan_cpu.cpp): same signature and result as the reference, forward only.
+"""The compiled CPU kernels (cpu_kernels.cpp): the selective scan and the causal conv, forward only.
 
 Why: eager torch tops out at ~5 µs per step per layer on 2 cores (memory passes over each
-superblock; ../shared/notes/cpu-scan.md), while one fused sequential pass with a vectorised exp
-measured 1.6 µs at L=4096 (D=128, N=16). The C++ is compiled on first use with
-torch.utils.cpp_extension (g++ and ninja; ~25 s once, then cached under ~/.cache/torch_extensions).
-Where it cannot be built (no compiler), `available()` is False and the default backend stays
-"torch"; asking for backend="cpu" explicitly then fails with the reason.
+superblock; ../shared/notes/cpu-scan.md). One fused sequential pass, SIMD across 16 channels with a
+vectorised exp, Δ's softplus, the D skip and the silu(z) gate folded in, reads each input once.
+The C++ is compiled on first use with torch.utils.cpp_extension (g++ and ninja; ~25 s once, then
+cached under ~/.cache/torch_extensions). Where it cannot be built (no compiler), `available()` is
+False and the default backend stays "torch"; asking for backend="cpu" explicitly then fails with
+the reason.
 
 Gradients and full states are not computed here: with grad enabled, or return_states=True, the
 call is handed to the torch backend (its hand-written backward), so results never depend on it.
@@ -16,39 +17,65 @@ import threading
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .scan_reference import ScanResult, check_scan_inputs, discretize_delta
+from .scan_reference import ScanResult, check_scan_inputs
 from .scan_torch import selective_scan_torch
 
-_SRC = Path(__file__).with_name("scan_cpu.cpp")
+_SRC = Path(__file__).with_name("cpu_kernels.cpp")
 _LOCK = threading.Lock()
-_MODULE = None
-_ERROR = None
+_MODULES: dict = {}   # variant -> compiled module, or the reason it failed (str)
+# -fopenmp: at::parallel_for is an `omp parallel` region inlined from ATen's headers; without it
+# the loop runs on one thread (libgomp.so.1 resolves to the copy torch already loaded).
+# No -ffast-math: it may re-associate exp's two-constant range reduction; the SIMD loops are
+# marked `omp simd`, which is all the vectoriser needs.
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+# "portable" = the build a CPU without AVX-512 gets (tests run it on AVX-512 machines too)
+_VARIANT_FLAGS = {"native": [], "portable": ["-mno-avx512f"]}
 
 
-def _load():
-    """Compile (once per process; the build is cached on disk) or return the reason it failed."""
-    global _MODULE, _ERROR
+def _load(variant: str = "native"):
+    """Compile (once per process; the build is cached on disk) or remember why it failed."""
     with _LOCK:
-        if _MODULE is None and _ERROR is None:
+        if variant not in _MODULES:
             try:
                 from torch.utils.cpp_extension import load_inline
-                _MODULE = load_inline(
-                    "mambascope_scan_cpu", cpp_sources=_SRC.read_text(), functions=["scan_fwd"],
-                    extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"], verbose=False)
+                _MODULES[variant] = load_inline(
+                    f"mambascope_cpu_kernels_{variant}", cpp_sources=_SRC.read_text(),
+                    functions=["scan_fwd", "conv_silu_fwd"], extra_cflags=_CFLAGS + _VARIANT_FLAGS[variant],
+                    extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:  # noqa: BLE001  any build failure means: use the torch path
-                _ERROR = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
-    return _MODULE
+                msg = str(e).strip()
+                _MODULES[variant] = f"{type(e).__name__}: {msg.splitlines()[-1] if msg else e}"
+    mod = _MODULES[variant]
+    return None if isinstance(mod, str) else mod
 
 
 def available() -> bool:
     return _load() is not None
 
 
+def module(variant: str = "native"):
+    """The compiled module, or a RuntimeError that says why not and what to do."""
+    mod = _load(variant)
+    if mod is None:
+        raise RuntimeError(f"the compiled CPU kernels could not be built ({_MODULES[variant]}); they "
+                           "need g++ and the ninja package (pip install ninja), or use backend='torch'")
+    return mod
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, X, L] -> fp32 [B, L, X] with unit stride along X: a free view when the memory is
+    time-major already (what the model's linear layers produce), else one copy."""
+    t = t.float().transpose(1, 2)
+    return t if t.stride(2) == 1 else t.contiguous()
+
+
+_NONE = torch.empty(0)
+
+
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, initial_state=None, return_state_norm=False,
-                       return_states=False) -> ScanResult:
+                       return_states=False, variant: str = "native") -> ScanResult:
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -57,25 +84,17 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                                     delta_softplus=delta_softplus, return_last_state=return_last_state,
                                     initial_state=initial_state, return_state_norm=return_state_norm,
                                     return_states=return_states)
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the compiled CPU scan could not be built ({_ERROR}); it needs g++ and the "
-                           "ninja package (pip install ninja), or use backend='torch'")
+    mod = module(variant)
     if u.device.type != "cpu":
         raise RuntimeError("backend='cpu' takes CPU tensors; use backend='triton' or 'torch' on CUDA")
     batch, dim, L = u.shape
-    tm = lambda t: t.float().transpose(1, 2).contiguous()            # noqa: E731  [B, X, L] -> [B, L, X]
-    uf = u.float()
-    delta_t = tm(discretize_delta(delta, delta_bias, delta_softplus))  # [B, L, D]
-    h = (initial_state.float().clone() if initial_state is not None
-         else uf.new_zeros(batch, dim, A.shape[1]))                   # [B, D, N], becomes the last state
-    y = uf.new_empty(batch, L, dim)                                   # [B, L, D]
-    norm = uf.new_empty(batch, L, dim) if return_state_norm else uf.new_empty(0)
-    mod.scan_fwd(tm(uf), delta_t, A.float().contiguous(), tm(B), tm(C), h, y, norm, return_state_norm)
-    y = y.transpose(1, 2)                                             # [B, D, L] view
-    if D is not None:
-        y = y + uf * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return ScanResult(y.to(u.dtype), h if return_last_state else None,
+    ur = rows(u)                                                      # [B, L, D]
+    h = (initial_state.float().contiguous().clone() if initial_state is not None
+         else ur.new_zeros(batch, dim, A.shape[1]))                   # [B, D, N], becomes the last state
+    out = ur.new_empty(batch, L, dim)                                 # [B, L, D]
+    norm = ur.new_empty(batch, L, dim) if return_state_norm else _NONE
+    flat = lambda t: t.float().contiguous() if t is not None else _NONE  # noqa: E731
+    mod.scan_fwd(ur, rows(delta), flat(delta_bias), bool(delta_softplus), flat(A), rows(B), rows(C),
+                 flat(D), rows(z) if z is not None else _NONE, h, out, _NONE, norm, _NONE)
+    return ScanResult(out.transpose(1, 2).to(u.dtype), h if return_last_state else None,
                       norm.transpose(1, 2) if return_state_norm else None, None)

@@ -27,12 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels import selective_scan
+from kernels import ScanResult, resolve_backend, selective_scan
+from kernels.causal_conv1d import causal_conv1d
 from kernels.scan_reference import discretize_delta
 
 from .config import MambaConfig
 
 STREAM_CHUNK = 8192   # tokens per time chunk when a long no-grad forward streams through the model
+RECORDABLE = ("ssm_input", "delta", "B", "C", "state_norm", "ssm_output")   # what a mixer can record
 
 
 @dataclass
@@ -52,20 +54,6 @@ class MixerHooks:
     """
     delta: Optional[Callable[[Tensor], Tensor]] = None
     output: Optional[Callable[[Tensor], Tensor]] = None
-
-
-def _causal_depthwise_conv(x_ext: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Depthwise conv1d, no padding: x_ext [B, D, K-1+L], weight [D, 1, K], bias [D] -> [B, D, L].
-
-    The same sum as F.conv1d(..., groups=D) written as K shifted multiply-adds: oneDNN's depthwise
-    path measured 2.2 ms per layer at L=4096 on 2 cores, the K=4 slabs ~0.4 ms."""
-    K = weight.shape[-1]
-    L = x_ext.shape[-1] - (K - 1)
-    w = weight[:, 0, :]                                               # [D, K]
-    out = torch.addcmul(bias[:, None], x_ext[:, :, :L], w[:, :1])     # [B, D, L]
-    for k in range(1, K):
-        out = out.addcmul_(x_ext[:, :, k:k + L], w[:, k:k + 1])
-    return out
 
 
 class RMSNorm(nn.Module):
@@ -119,17 +107,21 @@ class MambaMixer(nn.Module):
 
         `record`, when a dict, is filled with this layer's trace tensors, each [B, L, ...]:
         ssm_input u, delta (after softplus), B, C, state_norm, ssm_output (y + D*u, before the
-        gate) and, if record["want_states"] is true, states [B, L, D, N].
+        gate) and, if record["want_states"] is true, states [B, L, D, N]. record["include"]
+        (default RECORDABLE) names the quantities needed; Δ, the norm and the pre-gate output
+        cost extra passes and are computed only when named.
         `hooks` (MixerHooks) may replace Δ or the output; the record then shows the edited Δ.
         """
         batch, L, _ = hidden.shape
         Dn, N, R = self.d_inner, self.d_state, self.dt_rank
+        backend = resolve_backend(backend, hidden.device)
+        # every [B, X, L] tensor below is a view of time-major [B, L, X] memory, as the linear
+        # layers produce it: the compiled CPU kernels read it without a transpose copy
         xz = self.in_proj(hidden).transpose(1, 2)                    # [B, 2D, L]
         x, z = xz.chunk(2, dim=1)                                    # [B, D, L] each
-        conv_prev = state.conv if state is not None else x.new_zeros(batch, Dn, self.d_conv - 1)
-        x_ext = torch.cat([conv_prev.to(x.dtype), x], dim=-1)        # [B, D, d_conv-1+L]
-        conv_next = x_ext[:, :, x_ext.shape[-1] - (self.d_conv - 1):].detach()
-        u = F.silu(_causal_depthwise_conv(x_ext, self.conv1d.weight, self.conv1d.bias))  # [B, D, L]
+        u, conv_next = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias,
+                                     state.conv if state is not None else None,
+                                     activation="silu", backend=backend)     # [B, D, L]
         x_dbl = self.x_proj(u.transpose(1, 2))                        # [B, L, R+2N]
         dt, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # [B, D, L], bias in the scan
@@ -147,18 +139,29 @@ class MambaMixer(nn.Module):
                                        delta_bias=delta_bias, delta_softplus=delta_softplus,
                                        return_last_state=True, initial_state=h0, backend=backend)
         else:
+            want = record.get("include", RECORDABLE)
             want_states = bool(record.get("want_states"))
-            # discretise once: the record keeps Δ and the scan takes it as given (same ops as inside)
-            delta = discretize_delta(delta, delta_bias, delta_softplus)          # [B, D, L]
-            res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=None,
-                                 return_last_state=True, initial_state=h0, return_state_norm=True,
-                                 return_states=want_states, backend=backend)
+            if "delta" in want:   # discretise once: the record keeps Δ, the scan takes it as given
+                delta = discretize_delta(delta, delta_bias, delta_softplus)      # [B, D, L]
+                delta_bias, delta_softplus = None, False
+                record["delta"] = delta.transpose(1, 2)
+            # y before the gate is only on record when asked for; otherwise the scan gates
+            gate_inside = "ssm_output" not in want
+            res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=z if gate_inside else None,
+                                 delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                 return_last_state=True, initial_state=h0,
+                                 return_state_norm="state_norm" in want, return_states=want_states,
+                                 backend=backend)
+            if not isinstance(res, ScanResult):                       # neither norm nor states asked
+                res = ScanResult(res[0], res[1], None, None)
             h_last = res.last_state
-            y = res.out * F.silu(z)                                   # the gate, outside the scan
+            y = res.out if gate_inside else res.out * F.silu(z)
             t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
-            record.update(ssm_input=t(u), B=t(Bm), C=t(Cm), state_norm=t(res.state_norm),
-                          ssm_output=t(res.out),
-                          delta=t(delta))
+            record.update(ssm_input=t(u), B=t(Bm), C=t(Cm))
+            if not gate_inside:
+                record["ssm_output"] = t(res.out)
+            if res.state_norm is not None:
+                record["state_norm"] = t(res.state_norm)
             if want_states:
                 record["states"] = res.states.transpose(1, 2)         # [B, L, D, N]
         out = self.out_proj(y.transpose(1, 2))                       # [B, L, d_model]

@@ -151,7 +151,7 @@ def trace(lm, tokens: Sequence[int], full_states: bool = False,
     states = None
     try:
         for s in range(0, L, chunk_len):
-            records = [{"want_states": full_states} for _ in range(cfg.n_layer)]
+            records = [{"want_states": full_states, "include": include} for _ in range(cfg.n_layer)]
             lg, states = lm.forward_stream(ids[:, s:s + chunk_len], states, records=records, backend=backend)
             e = s + lg.shape[1]
             logits[s:e] = lg[0, :, :cfg.vocab_size].float().cpu().numpy()

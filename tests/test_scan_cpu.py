@@ -1,8 +1,12 @@
-"""The compiled CPU scan equals the sequential reference (the spec), and hands grads to torch."""
+"""The compiled CPU kernels equal the sequential reference (the spec), and hand grads to torch."""
+import platform
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kernels import ScanResult, selective_scan
+from kernels import ScanResult, scan_cpu, selective_scan
+from kernels.causal_conv1d import causal_conv1d
 from tests.conftest import make_scan_inputs, rel
 
 SHAPES = [(1, 5, 4, 1), (3, 7, 16, 37), (2, 8, 16, 1000), (1, 128, 16, 1300), (3, 80, 16, 129), (2, 20, 64, 50)]
@@ -50,3 +54,37 @@ def test_whole_model_on_the_compiled_scan():
     tokens = torch.randint(0, 17, (2, 333))
     with torch.no_grad():
         assert (lm(tokens, backend="cpu") - lm(tokens, backend="reference")).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="-mno-avx512f is an x86 flag")
+def test_portable_build_without_avx512_matches_reference():
+    """The build a CPU without AVX-512 gets (generic SIMD exp) is as exact as the AVX-512 one."""
+    x = make_scan_inputs(3, 80, 16, 129)
+    x["delta"] = x["delta"] * 8                                       # Δ·A far below -80 too
+    kw = dict(delta_softplus=True, return_last_state=True, return_state_norm=True)
+    ref = selective_scan(**x, backend="reference", **kw)
+    with torch.no_grad():
+        out = scan_cpu.selective_scan_cpu(**x, variant="portable", **kw)
+    for name in ("out", "last_state", "state_norm"):
+        assert rel(getattr(out, name), getattr(ref, name)) < 1e-5, name
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 37, 600])
+def test_conv_silu_matches_torch_conv1d_and_carries_state(L):
+    """The compiled conv = F.conv1d with mamba_ssm's pad-and-truncate, whole or in two pieces,
+    on the strided time-major views the model passes (x = the first half of in_proj's output)."""
+    g = torch.Generator().manual_seed(L)
+    b, d, k = 2, 40, 4
+    xz = torch.randn(b, L, 2 * d, generator=g).transpose(1, 2)       # [B, 2D, L] time-major memory
+    x = xz[:, :d]
+    w, bias = torch.randn(d, 1, k, generator=g), torch.randn(d, generator=g)
+    ref = F.silu(F.conv1d(x, w, bias, padding=k - 1, groups=d)[..., :L])
+    with torch.no_grad():
+        out, state = causal_conv1d(x, w, bias, activation="silu", backend="cpu")
+        assert rel(out, ref) < 1e-6 and torch.equal(state, F.pad(x, (k - 1, 0))[..., -(k - 1):])
+        cut = L // 2
+        first, st = causal_conv1d(x[..., :cut], w, bias, activation="silu", backend="cpu")
+        second, st2 = causal_conv1d(x[..., cut:], w, bias, st, activation="silu", backend="cpu")
+        assert rel(torch.cat([first, second], -1), ref) < 1e-6 and torch.equal(st2, state)
+        torch_out, _ = causal_conv1d(x, w, bias, activation="silu", backend="torch")
+        assert rel(torch_out, ref) < 1e-6

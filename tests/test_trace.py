@@ -109,3 +109,17 @@ def test_include_keeps_only_what_was_asked(lm, tmp_path):
     assert back.layers[0].delta is None and np.array_equal(back.layers[1].state_norm, part.layers[1].state_norm)
     with pytest.raises(ValueError, match="unknown trace quantities"):
         lm.trace(tokens, include=("attention",))
+
+
+@pytest.mark.parametrize("include", [("delta",), ("ssm_output",), ("B", "C"), ("delta", "state_norm"),
+                                     ("ssm_input", "ssm_output", "resid_post")])
+def test_every_subset_records_the_same_values_and_logits(lm, include):
+    """Δ, the norm and the pre-gate output are computed only when asked for (softplus and gate
+    move into the scan otherwise): the values and the logits must not depend on that."""
+    tokens = torch.randint(0, 17, (70,), generator=torch.Generator().manual_seed(1))
+    full = lm.trace(tokens)
+    part = lm.trace(tokens, include=include, chunk_len=32)
+    assert np.abs(part.logits - full.logits).max() < 1e-5
+    for a, b in zip(full.layers, part.layers):
+        for q in include:
+            assert np.abs(getattr(a, q) - getattr(b, q)).max() <= 1e-5 * np.abs(getattr(a, q)).max(), q
