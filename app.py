@@ -31,6 +31,7 @@ import torch
 from gradio.components.plot import PlotData
 
 from kernels import resolve_backend
+from kernels.cpu_memory import keep_freed_memory
 from model import CheckpointError, MambaConfig, MambaLM, compare, load_checkpoint
 from model.data import induction_batch
 from viz import charts, mechanism, sequences, summary, tables
@@ -61,6 +62,7 @@ if DEVICE.type == "cpu":
     # one intra-op thread per request: with CONCURRENCY requests on few cores, more threads
     # oversubscribe them (measured: a 16k trace 2.6 s with 1 thread vs 55 s with 2 under load)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
+    keep_freed_memory()                  # no page faults for each request's activations
 
 
 def parse_args(argv) -> argparse.Namespace:

@@ -35,6 +35,8 @@ SKIP = {  # (impl, L) -> reason
 def run_cell(impl: str, task: str, L: int, ckpt: str, repeats: int) -> dict:
     import torch
     torch.set_num_threads(TORCH_THREADS)
+    from kernels.cpu_memory import keep_freed_memory
+    keep_freed_memory()             # every implementation alike (kernels/cpu_memory.py says why)
     from model import load_checkpoint
     lm = load_checkpoint(ckpt)
     tokens = torch.randint(0, 17, (1, L), generator=torch.Generator().manual_seed(0))

@@ -129,6 +129,8 @@ def memory_channels(lm: MambaLM, length: int = 1024, samples: int = 8, seed: int
 
 
 def main(argv=None):
+    from kernels.cpu_memory import keep_freed_memory
+    keep_freed_memory()
     p = argparse.ArgumentParser(description="Induction-heads accuracy per length (Mamba paper Table 11).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True)

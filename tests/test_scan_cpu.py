@@ -88,3 +88,12 @@ def test_conv_silu_matches_torch_conv1d_and_carries_state(L):
         assert rel(torch.cat([first, second], -1), ref) < 1e-6 and torch.equal(st2, state)
         torch_out, _ = causal_conv1d(x, w, bias, activation="silu", backend="torch")
         assert rel(torch_out, ref) < 1e-6
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_in_a_fresh_process():
+    import subprocess
+    import sys
+    code = ("from kernels.cpu_memory import keep_freed_memory as k; import platform; "
+            "print(k(), k(), platform.libc_ver()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == (["True", "True"] if out[2] == "glibc" else ["False", "False"])
