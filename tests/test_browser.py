@@ -6,6 +6,7 @@ charts change, and checks that a bad token shows its error while the text stays.
 to pytest's tmp dir (set MAMBASCOPE_SCREENSHOT=path to also save one there, e.g. docs/screenshot.png).
 """
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,13 @@ CANVAS_INK = """(sel) => {   // share of non-white pixels in the first chart can
 }"""
 
 
+# every string drawn on a canvas, newest last (the heatmap readout is canvas text, not DOM)
+RECORD_CANVAS_TEXT = """(() => { const orig = CanvasRenderingContext2D.prototype.fillText; window.__drawn = [];
+  CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+    window.__drawn.push(String(text)); if (window.__drawn.length > 2000) window.__drawn.splice(0, 1000);
+    return orig.call(this, text, ...rest); }; })();"""
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     log = tmp_path_factory.mktemp("browser") / "app.log"
@@ -36,7 +44,8 @@ def page(tmp_path_factory):
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                pg = browser.new_page(viewport={"width": 1500, "height": 1400})
+                pg = browser.new_page(viewport={"width": 1500, "height": 3000})   # the whole dashboard: the pointer reaches every chart
+                pg.add_init_script(RECORD_CANVAS_TEXT)
                 pg.goto(url, timeout=TIMEOUT_MS)
                 yield pg
             finally:
@@ -76,20 +85,59 @@ def test_editing_the_sequence_reruns_the_model(page, tmp_path):
     page.screenshot(path=str(tmp_path / "edited.png"), full_page=True)
 
 
+def find_heatmap(page, what="Δ"):
+    """(x, y) on the page inside the first heatmap whose readout names `what`: walk the pointer
+    down the chart until the readout says so (the layout is Vega's, not ours to hard-code)."""
+    box = page.locator("#charts .vega-embed canvas").first.bounding_box()
+    x = box["x"] + box["width"] * 0.3
+    page.evaluate("() => { window.__drawn = []; }")
+    for y in range(int(box["y"] + box["height"] * 0.1), int(box["y"] + box["height"] * 0.7), 16):
+        page.mouse.move(x, y, steps=2)
+        page.wait_for_timeout(100)
+        if page.evaluate(f"() => window.__drawn.some(t => t.startsWith('channel ') && t.includes(' · {what} '))"):
+            return box, x, y + 64          # first hit is near the top edge; the heatmaps are 256 px tall
+        page.evaluate("() => { window.__drawn = []; }")
+    pytest.fail(f"no heatmap readout naming {what} found on the page")
+
+
 def test_dragging_a_time_range_changes_the_other_charts(page):
     page.fill("#tokens textarea", " ".join(["1", "2", "S", "5"] + ["3", "4"] * 60 + ["S"]))
     click_run_and_wait(page)
     canvas = page.locator("#charts .vega-embed canvas").first
+    box, x, y = find_heatmap(page)                                  # layer 1's Δ heatmap
+    page.mouse.move(box["x"] - 20, y)                                # pointer off: no readout
+    page.wait_for_timeout(300)
     before = canvas.screenshot()
-    box = canvas.bounding_box()
-    # the Δ heatmap of layer 1 starts below the strip, predictions and p(.) charts: drag in its middle band
-    y = box["y"] + box["height"] * 0.35
     page.mouse.move(box["x"] + box["width"] * 0.2, y)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.35, y, steps=8)
     page.mouse.up()
+    page.mouse.move(box["x"] - 20, y, steps=4)                       # off again: what differs is the fade
     page.wait_for_timeout(500)
-    assert canvas.screenshot() != before                           # faded cells / highlighted lines
+    assert canvas.screenshot() != before                           # faded bins / highlighted lines
+
+
+def test_hovering_a_heatmap_cell_shows_its_readout(page):
+    """The heatmaps are images; the cell under the pointer is outlined and labelled beside the
+    pointer (t, token, channel, value), drawn on the canvas: move over layer 1's Δ heatmap, read
+    the label back from the canvas' text calls, and see it go when the pointer leaves."""
+    page.fill("#tokens textarea", " ".join(["1", "2", "S", "6"] + ["3", "4"] * 60 + ["S"]))   # not the drag test's
+    click_run_and_wait(page)
+    box, x, y = find_heatmap(page)
+    page.mouse.move(x + 5, y + 3, steps=3)
+    page.wait_for_timeout(300)
+    page.evaluate("() => { window.__drawn = []; }")
+    page.mouse.move(x + 7, y + 4)
+    page.wait_for_function("() => window.__drawn.some(t => t.startsWith('channel '))", timeout=30_000)
+    drawn = page.evaluate("() => window.__drawn")
+    label = [t for t in drawn if t.startswith("channel ")][-1]
+    assert re.fullmatch(r"channel \d+ · Δ max [\d.e+-]+, mean [\d.e+-]+", label), label
+    assert any(re.fullmatch(r"t \d+–\d+ · token 2 tokens", t) for t in drawn), drawn[-5:]
+    page.mouse.move(box["x"] - 20, y, steps=5)                       # leave: the label is gone
+    page.evaluate("() => { window.__drawn = []; }")
+    page.mouse.move(box["x"] - 25, y)
+    page.wait_for_timeout(300)
+    assert not any(t.startswith("channel ") for t in page.evaluate("() => window.__drawn"))
 
 
 def test_bad_input_shows_its_error_and_keeps_the_text(page):

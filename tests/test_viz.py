@@ -60,7 +60,41 @@ def title_of(unit):
 
 
 def heatmaps(spec, what):
+    """Rect-mark charts (token strip, predictions) whose title holds `what`."""
     return [u for u in units(spec) if u["mark"] in ("rect", {"type": "rect"}) and what in title_of(u)]
+
+
+def layers_of(spec):
+    if "layer" in spec:
+        yield spec
+    for key in ("vconcat", "hconcat", "layer"):
+        for sub in spec.get(key, []):
+            yield from layers_of(sub)
+
+
+def channel_heatmaps(spec, what):
+    """The image heatmaps (layer charts) whose title holds `what`: (layer, image unit)."""
+    out = []
+    for lay in layers_of(spec):
+        if what in title_of(lay):
+            img = [u for u in lay["layer"] if u["mark"].get("type") == "image"]
+            out.append((lay, img[0]))
+    return out
+
+
+def cells(spec, name, key):
+    """A heatmap's page copy of its cells (charts.hover_params): the '|'-joined param split."""
+    p = {q["name"]: q for q in spec["params"]}[f"cells_{name}_{key}_text"]
+    return p["value"].split("|")
+
+
+def image_of(spec, unit):
+    """The heatmap's PNG (a data URI in the image unit's one datum), decoded: [rows, bins, RGB]."""
+    import base64
+    from viz import raster
+    d = unit["data"]
+    values = d["values"] if "values" in d else spec["datasets"][d["name"]]
+    return raster.read_png(base64.b64decode(values[0]["url"].split(",", 1)[1]))
 
 
 # ---------------------------------------------------------------- layering
@@ -194,45 +228,74 @@ def spec256():
 
 def test_heatmap_encodings_and_types(spec256):
     _, spec = spec256
-    for what in ("Δ (step size", "hidden-state norm"):
-        hs = heatmaps(spec, what)
+    for what, scheme in (("Δ (step size", "viridis"), ("hidden-state norm", "magma")):
+        hs = channel_heatmaps(spec, what)
         assert len(hs) == N_LAYER
-        for u in hs:
-            enc = u["encoding"]
-            assert (enc["x"]["field"], enc["x"]["type"]) == ("t", "quantitative")
-            assert enc["x2"]["field"] == "t_end"
-            assert (enc["y"]["field"], enc["y"]["type"]) == ("channel", "ordinal")
-            assert (enc["color"]["field"], enc["color"]["type"]) == ("max", "quantitative")
-            tips = {t["field"] for t in enc["tooltip"]}
-            assert {"time", "channel", "token", "max"} <= tips
-            assert "per timestep" in title_of(u)
+        for lay, img in hs:
+            assert "per timestep" in title_of(lay)
+            enc = img["encoding"]
+            assert (enc["x"]["field"], enc["x"]["type"], enc["x"]["scale"]["domain"]) == ("t", "quantitative", [0, 256])
+            assert (enc["y"]["field"], enc["y"]["scale"]["domain"], enc["y"]["scale"]["reverse"]) == ("row", [0, D], True)
+            assert enc["url"]["field"] == "url" and img["mark"]["smooth"] is False
+            legend = [u for u in lay["layer"] if "color" in u.get("encoding", {})]
+            assert len(legend) == 1 and legend[0]["encoding"]["color"]["scale"]["scheme"] == scheme
+            readout = [u for u in lay["layer"] if u["mark"]["type"] == "text"]
+            expr = readout[-1]["mark"]["text"]["expr"]
+            assert f"hover_{img['name']}_x" in expr and "channel" in expr and "token" in expr
 
 
-def test_every_chart_has_its_data_and_no_row_is_dropped(spec256):
+def test_every_chart_has_its_data_and_no_cell_is_dropped(spec256):
+    """Each heatmap image holds every cell, coloured as Vega's scale would (Vega's palette, the
+    data's extent), rows in the channel order; the page's copy of the values holds every cell."""
+    from viz import raster
     v, spec = spec256
-    for u in heatmaps(spec, "Δ (step size") + heatmaps(spec, "hidden-state norm"):
-        f = unit_frame(spec, u)
-        assert list(f.columns) == ["t", "channel", "max"] and len(f) == 256 * D
-        assert sorted(set(f.t)) == list(range(256))
+    for (lay, img), name, data in [*[(h, f"delta_{i + 1}", v.delta[i]) for i, h in enumerate(channel_heatmaps(spec, "Δ (step size"))],
+                                   *[(h, f"norm_{i + 1}", v.state_norm[i]) for i, h in enumerate(channel_heatmaps(spec, "hidden-state norm"))]]:
+        order = [int(c) for c in cells(spec, name, "order")]
+        scheme = "viridis" if name.startswith("delta") else "magma"
+        want = raster.colorize(data[:, order].T, scheme, raster.extent(data))
+        assert np.array_equal(image_of(spec, img), want)                   # [D rows, 256 steps, RGB]
+        got = np.array(cells(spec, name, "max"), dtype=float).reshape(256, D)
+        assert np.allclose(got, data, rtol=1e-3)                      # 4 significant digits on the page
+        assert len(cells(spec, name, "time")) == len(cells(spec, name, "token")) == 256
     pred = heatmaps(spec, "Predictions")[0]
     assert len(unit_frame(spec, pred)) == 256 * V
     strip = heatmaps(spec, "Tokens")[0]
     assert unit_frame(spec, strip).role.tolist().count("memory M") == 1
 
 
+def raster_rgb(values, scheme, whole):
+    from viz import raster
+    return raster.colorize(values[None], scheme, raster.extent(whole))[0]
+
+
+def test_colorize_matches_vega_palette_and_png_round_trips():
+    from viz import raster
+    vals = np.array([[0.0, 0.5, 1.0, np.nan]])
+    rgb = raster.colorize(vals, "viridis", (0.0, 1.0))
+    assert rgb[0, 0].tolist() == [0x44, 0x01, 0x54] and rgb[0, 2].tolist() == [0xfd, 0xe7, 0x25]   # ends
+    stops = raster.palette("viridis")
+    assert len(stops) % 2 == 1 and rgb[0, 1].tolist() == stops[len(stops) // 2].astype(int).tolist()  # middle
+    assert rgb[0, 3].tolist() == [255, 255, 255]
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(raster.read_png(raster.png_bytes(img)), img)
+    with pytest.raises(ValueError, match="unknown colour scheme"):
+        raster.palette("jet")
+
+
 def test_long_sequences_are_binned_with_max_and_mean_labelled():
     v = fake_view(L=1 << 16, mem_pos=30000)
     spec = charts.dashboard(v, max_bins=256).to_dict()              # 2^16 steps -> 256 bins of 256
-    for u in heatmaps(spec, "Δ (step size"):
-        f = unit_frame(spec, u)
-        assert len(f) == 256 * D and list(f.columns) == ["t", "channel", "max", "mean"]   # none dropped
-        assert "max over 256-step bins" in title_of(u)
-        titles = [t.get("title", "") for t in u["encoding"]["tooltip"]]
-        assert "Δ (bin max)" in titles and "Δ (bin mean)" in titles
-        b = frames.time_bins(0, 1 << 16, 256)
-        want = b.reduce(v.delta[0])[0] if "Layer 1" in title_of(u) else b.reduce(v.delta[1])[0]
-        got = f.pivot(index="t", columns="channel", values="max").to_numpy()
-        assert np.allclose(got, want, rtol=1e-3)                       # 4 significant digits on the page
+    b = frames.time_bins(0, 1 << 16, 256)
+    for i, (lay, img) in enumerate(channel_heatmaps(spec, "Δ (step size")):
+        assert "max over 256-step bins" in title_of(lay)
+        expr = [u for u in lay["layer"] if u["mark"]["type"] == "text"][-1]["mark"]["text"]["expr"]
+        assert "'Δ max '" in expr and "', mean '" in expr                      # the readout names both
+        vmax, vmean = b.reduce(v.delta[i])
+        for key, want in (("max", vmax), ("mean", vmean)):                     # none dropped
+            got = np.array(cells(spec, f"delta_{i + 1}", key), dtype=float).reshape(256, D)
+            assert np.allclose(got, want, rtol=1e-3)                  # 4 significant digits on the page
+        assert image_of(spec, img).shape == (D, 256, 3)
     lines = [u for u in units(spec) if u["mark"] in ("line", {"type": "line"}, {"type": "line", "opacity": 0.3})]
     stats = set(unit_frame(spec, lines[0]).stat)
     assert stats == {"max", "mean"}
@@ -248,7 +311,7 @@ def test_one_time_selection_shared_by_every_time_chart(spec256):
     assert len(names) == 3 + 3 * N_LAYER                            # strip, predictions, p line + 3 per layer
     # every chart with a time axis shows the selection: a conditional opacity or a filtered layer
     for u in units(spec):
-        if u["encoding"].get("x", {}).get("field") != "t":
+        if u.get("encoding", {}).get("x", {}).get("field") != "t":
             continue
         shows = ("condition" in u["encoding"].get("opacity", {})
                  or any(t.get("filter", {}).get("param") == charts.TIME_PARAM for t in u.get("transform", [])))
@@ -259,21 +322,25 @@ def test_channel_sort_order_is_the_same_in_the_heatmaps_and_the_ratio_bars():
     v = fake_view(L=200, mem_pos=50)
     v.delta[0][50, 77] = 50.0
     spec = charts.dashboard(v, sort="ratio").to_dict()
-    orders = [u["encoding"]["y"]["sort"] for u in units(spec) if u["encoding"].get("y", {}).get("field") == "channel"]
-    assert len(orders) == 3 * N_LAYER                                 # Δ, ratio bars, norm per layer
-    assert orders[0][0] == 77 and orders[0] == orders[1] == orders[2]
+    bars = [u["encoding"]["y"]["sort"] for u in units(spec)
+            if u.get("encoding", {}).get("y", {}).get("field") == "channel"]
+    assert len(bars) == N_LAYER                                        # the ratio bars per layer
     want = frames.channel_order(frames.delta_ratio(v.delta[0], 50), D, "ratio")
-    assert orders[0] == want
+    assert bars[0][0] == 77 and bars[0] == want
+    for name in ("delta_1", "norm_1"):
+        assert [int(c) for c in cells(spec, name, "order")] == want
+    img = image_of(spec, channel_heatmaps(spec, "Layer 1: Δ")[0][1])
+    top = raster_rgb(v.delta[0][:, 77], "viridis", v.delta[0])
+    assert np.array_equal(img[0], top)                                # channel 77 is the image's first row
     spec = charts.dashboard(v, sort="index").to_dict()
-    assert all(u["encoding"]["y"]["sort"] == list(range(D)) for u in units(spec)
-               if u["encoding"].get("y", {}).get("field") == "channel")
+    assert [int(c) for c in cells(spec, "delta_1", "order")] == list(range(D))
 
 
 def test_no_memory_position_means_no_ratio_chart():
     v = fake_view(L=100, mem_pos=None)
     spec = charts.dashboard(v, sort="ratio").to_dict()
     assert not [u for u in units(spec) if "Δ ratio" in title_of(u)]
-    assert len(heatmaps(spec, "Δ (step size")) == N_LAYER
+    assert len(channel_heatmaps(spec, "Δ (step size")) == N_LAYER
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -303,7 +370,7 @@ def test_html_export_holds_the_specs():
     spec = spec_from_html(html)
     assert "cdn.jsdelivr" not in html and "<script src=" not in html     # standalone: works offline
     assert spec["params"][0]["name"] == charts.TIME_PARAM and spec["datasets"] == chart.to_dict()["datasets"]
-    assert len(heatmaps(spec, "Δ (step size")) == N_LAYER
+    assert len(channel_heatmaps(spec, "Δ (step size")) == N_LAYER
 
 
 # ---------------------------------------------------------------- the tidy CSV

@@ -21,6 +21,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from . import raster
 from .frames import (MAX_BINS_LIMIT, ROLES, Bins, TraceView, channel_order, clamp_window, heatmap_frame,
                      prediction_series, prob_frame, delta_ratio, series_frame, time_bins, token_frame,
                      total_state_norm)
@@ -139,25 +140,123 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
     return alt.hconcat(alt.layer(base, strong, title=f"{title} ({note})", width=WIDTH, height=90))
 
 
+def hover_param(view_name: str) -> str:
+    return f"hover_{view_name}"
+
+
+def hover_selection(view_name: str) -> alt.TopLevelSelectionParameter:
+    """Where the pointer is in one heatmap, in data coordinates (t, row): an interval selection
+    that follows the pointer at zero size and clears when it leaves. The hover layer filters the
+    heatmap's cells with it, so one cell is drawn and carries the tooltip, not one item per cell."""
+    return alt.TopLevelSelectionParameter(
+        name=hover_param(view_name), views=[view_name],
+        select=alt.IntervalSelectionConfig(type="interval", encodings=["x", "y"],
+                                           on="[pointerover, pointerout] > pointermove",
+                                           translate=False, zoom=False,
+                                           mark=alt.BrushConfig(fillOpacity=0, strokeOpacity=0)))
+
+
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
-                    name: str, stat: str = "max", scheme: str = "viridis") -> alt.Chart:
-    """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`."""
-    by_index = list(order) == sorted(order)
-    axis = (alt.Axis(labelExpr="datum.value % 16 == 0 ? datum.label : ''", ticks=False)
-            if by_index else alt.Axis(labels=False, ticks=False))
+                    name: str, stat: str = "max", scheme: str = "viridis") -> alt.LayerChart:
+    """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`.
+
+    Layers over one quantitative (t, row) plane, row = position in `order`:
+      image    every cell, drawn server-side in Vega's `scheme` (viz/raster.py): one scene item
+      fade     per time bin, white over the bins outside the selected time range
+      legend   the colour scale (same scheme and domain as the image), on an invisible point
+      readout  the cell under the pointer, outlined and labelled (hover_readout)
+    The cells also go to the page as numbers (hover_params: frame's max[, mean], none dropped),
+    which the readout shows and an export of the spec holds. The dashboard adds the params
+    (hover_selection(name), hover_params(...)) at its top level."""
     stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
-    base = alt.Chart(inline_csv(frame, numeric=("t", "channel", "max", "mean")), mark="rect", width=WIDTH,
-                     height=CHANNEL_PX * len(order), name=name, title=f"{title} ({_bin_note(bins, stat)})")
-    return _join_tokens(base, tokens).encode(
-        x=_x(bins), x2=alt.X2("t_end"),
-        y=alt.Y("channel:O", sort=list(order), axis=axis,
-                title="channel" + ("" if by_index else " (by Δ ratio)")),
-        color=alt.Color(f"{stat}:Q", title=what if bins.width == 1 else f"{what} ({stat})",
-                        scale=alt.Scale(scheme=scheme)),
-        opacity=_faded_outside(),
-        tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("channel:O"), alt.Tooltip("token:N")]
-        + _value_tooltips(bins, what),
-    )
+    D = len(order)
+    nb = len(bins.start)
+    values = frame[stat].to_numpy().reshape(nb, -1)[:, order].T      # [D rows, nb bins]
+    domain = raster.extent(values)
+    url = raster.data_uri(raster.png_bytes(raster.colorize(values, scheme, domain)))
+    by_index = list(order) == sorted(order)
+    # plain dicts, not Altair objects: every concat around this layer deep-copies it, and the
+    # objects' unset properties made that ~150 ms per dashboard
+    y_axis = ({"values": [r + 0.5 for r in range(0, D, 16)], "labelExpr": "floor(datum.value)", "ticks": False,
+               "grid": False} if by_index else {"labels": False, "ticks": False, "grid": False})
+    x = {"field": "t", "type": "quantitative", "title": "timestep t",
+         "scale": {"domain": [bins.t0, bins.t1], "nice": False, "zero": False}}
+    y = {"field": "row", "type": "quantitative", "title": "channel" + ("" if by_index else " (by Δ ratio)"),
+         "axis": y_axis, "scale": {"domain": [0, D], "reverse": True, "nice": False, "zero": False}}
+    image = alt.Chart(alt.InlineData(values=[{"t": bins.t0, "t_end": bins.t1, "row": 0, "row_end": D, "url": url}]),
+                      mark={"type": "image", "aspect": False, "smooth": False}, name=name,
+                      encoding=alt.FacetedEncoding(x=x, x2={"field": "t_end"}, y=y, y2={"field": "row_end"},
+                                                   url={"field": "url", "type": "nominal"}))
+    fade = alt.Chart(inline_csv(tokens[["t", "t_end"]], numeric=("t", "t_end")), mark={"type": "rect", "fill": "white"},
+                     encoding=alt.FacetedEncoding(
+                         x={"field": "t", "type": "quantitative"}, x2={"field": "t_end"}, y={"datum": 0},
+                         y2={"datum": D}, opacity={"value": 0.65,
+                                                   "condition": {"param": TIME_PARAM, "value": 0.0, "empty": True}}))
+    legend = alt.Chart(alt.InlineData(values=[{"v": domain[0]}]), mark={"type": "point", "opacity": 0, "size": 0},
+                       encoding=alt.FacetedEncoding(color={
+                           "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
+                           "scale": {"scheme": scheme, "domain": list(domain)}}))
+    readout = hover_readout(frame, tokens, bins, order, name, what, stat)
+    return alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
+                     title=f"{title} ({_bin_note(bins, stat)})")
+
+
+def hover_cells(name: str) -> str:
+    return f"cells_{name}"
+
+
+def hover_readout(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, name: str, what: str,
+                  stat: str) -> list:
+    """The tooltip of an image heatmap: the cell under the pointer, outlined, and a label beside
+    the pointer with t, channel, token and the value(s) -- [outline, halo, label] unit charts.
+
+    The pointer comes from hover_selection's pixel signals in this view ({param}_x / _y =
+    [anchor, current]); the values from top-level params (hover_params) holding every cell of
+    the frame, so nothing per cell is a scene item. Pixel -> cell: x spans [t0, t1] over WIDTH,
+    bins are `width` steps from t0; rows are CHANNEL_PX apart, row r shows channel order[r]."""
+    D, nb = len(order), len(bins.start)
+    px_per_step = WIDTH / (bins.t1 - bins.t0)
+    hx, hy, cells = f"{hover_param(name)}_x", f"{hover_param(name)}_y", hover_cells(name)
+    on = f"length({hx}) == 2 && length({hy}) == 2"
+    col = f"clamp(floor({hx}[1] / {px_per_step * bins.width}), 0, {nb - 1})"
+    row = f"clamp(floor({hy}[1] / {CHANNEL_PX}), 0, {D - 1})"
+    ch = f"toNumber({cells}_order[{row}])"
+    idx = f"{col} * {frame['channel'].nunique()} + {ch}"
+    value = f"'{what} ' + {cells}_max[{idx}]"
+    if bins.width > 1:
+        value = f"'{what} max ' + {cells}_max[{idx}] + ', mean ' + {cells}_mean[{idx}]"
+    text = (f"{on} ? ['t ' + {cells}_time[{col}] + ' · token ' + {cells}_token[{col}], "
+            f"'channel ' + {ch} + ' · ' + {value}] : ''")
+    x0 = f"{col} * {px_per_step * bins.width}"
+    # off the heatmap: a zero-size box at the origin and an empty label (anything placed outside
+    # the plot would grow the view: autosize counts every mark's bounds)
+    box = {"type": "rect", "fill": None, "stroke": "black", "strokeWidth": 1.5,
+           "strokeOpacity": {"expr": f"{on} ? 1 : 0"},
+           "x": {"expr": f"{on} ? {x0} : 0"},
+           "x2": {"expr": f"{on} ? min({WIDTH}, {x0} + {px_per_step * bins.width}) : 0"},
+           "y": {"expr": f"{on} ? {row} * {CHANNEL_PX} : 0"},
+           "y2": {"expr": f"{on} ? {row} * {CHANNEL_PX} + {CHANNEL_PX} : 0"}}
+    label = {"type": "text", "align": "left", "baseline": "bottom", "dx": 12, "dy": -6, "fontSize": 12,
+             "x": {"expr": f"{on} ? {hx}[1] : 0"}, "y": {"expr": f"{on} ? {hy}[1] : 0"},
+             "text": {"expr": text}}
+    one = alt.InlineData(values=[{}])
+    return [alt.Chart(one, mark=box), alt.Chart(one, mark={**label, "fill": "white", "stroke": "white", "strokeWidth": 4}),
+            alt.Chart(one, mark=label)]
+
+
+def hover_params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) -> list:
+    """Every cell of one heatmap for its hover_readout, as top-level params (the readout's
+    expressions see them): {cells}_max[, _mean] [n_bins * D] time-major, {cells}_time and
+    _token per bin, {cells}_order per row. Each travels as one '|'-joined string and is split
+    once on the page: as JSON number lists Altair copied and serialised them for ~1.5 s."""
+    cells = hover_cells(name)
+    cols = {"order": map(str, order), "time": tokens["time"], "token": tokens["token"],
+            **{s_: _csv_column(frame[s_]) for s_ in ("max", "mean") if s_ in frame.columns}}
+    out = []
+    for key, items in cols.items():
+        out.append(alt.VariableParameter(name=f"{cells}_{key}_text", value="|".join(items)))
+        out.append(alt.VariableParameter(name=f"{cells}_{key}", expr=f"split({cells}_{key}_text, '|')"))
+    return out
 
 
 def ratio_chart(frame: pd.DataFrame, order: list, memory_pos: int) -> alt.Chart:
@@ -198,22 +297,31 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
             series_chart(series_frame(prediction_series(view), view, bins), bins,
                          "Probability of the top-1 token and of the memory token M", "p", "p_lines")]
     views = ["tokens", "predictions", "p_lines"]
+    cells = []                                                        # hover_params per heatmap
     for i in layers:
         ratio = delta_ratio(view.delta[i], mem)                      # None without a memory position
         order = channel_order(ratio, view.delta[i].shape[1], sort)
-        dh = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
-                             f"Layer {i + 1}: Δ (step size, after softplus)", "Δ", f"delta_{i + 1}", stat)
+        frame = heatmap_frame(view.delta[i], bins)
+        dh = channel_heatmap(frame, tokens, bins, order, f"Layer {i + 1}: Δ (step size, after softplus)", "Δ",
+                             f"delta_{i + 1}", stat)
+        cells += hover_params(frame, tokens, order, f"delta_{i + 1}")
+        # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
+        # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
+        dh = alt.hconcat(dh)
         rows.append(alt.hconcat(dh, ratio_chart(ratio, order, mem)) if ratio is not None else dh)
-        rows.append(channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
-                                    f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖", f"norm_{i + 1}", stat,
-                                    "magma"))
+        frame = heatmap_frame(view.state_norm[i], bins)
+        rows.append(alt.hconcat(channel_heatmap(frame, tokens, bins, order,
+                                                f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖",
+                                                f"norm_{i + 1}", stat, "magma")))
+        cells += hover_params(frame, tokens, order, f"norm_{i + 1}")
         rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},
                                               view, bins), bins,
                                  f"Layer {i + 1}: total state norm ‖h_t‖ over all channels", "‖h_t‖",
                                  f"total_norm_{i + 1}"))
         views += [f"delta_{i + 1}", f"norm_{i + 1}", f"total_norm_{i + 1}"]
     window = "" if (bins.t0, bins.t1) == (0, view.length) else f" · window t = {bins.t0}..{bins.t1 - 1}"
-    return alt.vconcat(*rows, params=[time_selection(views)], spacing=18,
+    hovers = [hover_selection(v) for v in views if v.startswith(("delta_", "norm_"))]
+    return alt.vconcat(*rows, params=[time_selection(views), *hovers, *cells], spacing=18,
                        title=alt.TitleParams(f"{view.label} · L = {view.length:,}{window}", anchor="start"),
                        resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="independent", strokeDash="independent")))
 
