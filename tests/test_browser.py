@@ -85,10 +85,15 @@ def test_editing_the_sequence_reruns_the_model(page, tmp_path):
     page.screenshot(path=str(tmp_path / "edited.png"), full_page=True)
 
 
-def find_heatmap(page, what="Δ"):
+def readouts(drawn):
+    """The heatmap readout's value lines among the canvas texts ('channel 12 · Δ ...')."""
+    return [t for t in drawn if re.match(r"channel \d+ · ", t)]
+
+
+def find_heatmap(page, what="Δ", canvas="#charts .vega-embed canvas"):
     """(x, y) on the page inside the first heatmap whose readout names `what`: walk the pointer
     down the chart until the readout says so (the layout is Vega's, not ours to hard-code)."""
-    box = page.locator("#charts .vega-embed canvas").first.bounding_box()
+    box = page.locator(canvas).first.bounding_box()
     x = box["x"] + box["width"] * 0.3
     page.evaluate("() => { window.__drawn = []; }")
     for y in range(int(box["y"] + box["height"] * 0.1), int(box["y"] + box["height"] * 0.7), 16):
@@ -128,16 +133,58 @@ def test_hovering_a_heatmap_cell_shows_its_readout(page):
     page.wait_for_timeout(300)
     page.evaluate("() => { window.__drawn = []; }")
     page.mouse.move(x + 7, y + 4)
-    page.wait_for_function("() => window.__drawn.some(t => t.startsWith('channel '))", timeout=30_000)
+    page.wait_for_function("() => window.__drawn.some(t => /^channel \\d+ · /.test(t))", timeout=30_000)
     drawn = page.evaluate("() => window.__drawn")
-    label = [t for t in drawn if t.startswith("channel ")][-1]
+    label = readouts(drawn)[-1]
     assert re.fullmatch(r"channel \d+ · Δ max [\d.e+-]+, mean [\d.e+-]+", label), label
     assert any(re.fullmatch(r"t \d+–\d+ · token 2 tokens", t) for t in drawn), drawn[-5:]
     page.mouse.move(box["x"] - 20, y, steps=5)                       # leave: the label is gone
     page.evaluate("() => { window.__drawn = []; }")
     page.mouse.move(box["x"] - 25, y)
     page.wait_for_timeout(300)
-    assert not any(t.startswith("channel ") for t in page.evaluate("() => window.__drawn"))
+    assert not readouts(page.evaluate("() => window.__drawn"))
+
+
+def test_readout_shows_the_cell_under_the_pointer_and_the_image_its_colour(page):
+    """Synthetic trace, in the exported page's own Vega (canvas): at several pointer positions
+    the readout's value is the trace's value for the t and channel it names, and the image pixel
+    there (read before the outline covers it) has that value's colour on Vega's scale."""
+    from tests.test_viz import fake_view
+    from viz import charts, frames, raster
+    v = fake_view(L=256, mem_pos=100)
+    p2 = page.context.browser.new_page(viewport={"width": 1500, "height": 3000})
+    try:
+        chart = charts.dashboard(v, max_bins=64, sort="ratio")           # rows != channel ids
+        p2.set_content(charts.chart_html(chart), timeout=TIMEOUT_MS)             # its offline vega JS
+        p2.evaluate(RECORD_CANVAS_TEXT)
+        p2.evaluate("async (spec) => { document.body.innerHTML = '<div id=c></div>';"
+                    " await vegaEmbed('#c', spec, {renderer: 'canvas', actions: false}); }", chart.to_dict())
+        p2.wait_for_selector("canvas", timeout=TIMEOUT_MS)
+        box, x0, y0 = find_heatmap(p2, canvas="canvas")
+        bins = frames.time_bins(0, 256, 64)
+        vmax, vmean = bins.reduce(v.delta[0])                          # [64 bins, D]
+        domain = raster.extent(vmax)
+        for dx, dy in ((0, 0), (210, 37), (-120, 90), (333, -20)):
+            x, y = x0 + dx, y0 + dy
+            p2.mouse.move(box["x"] - 20, y)                            # off the chart: nothing drawn there
+            p2.wait_for_timeout(200)
+            rgb = p2.evaluate("([x, y]) => { const c = document.querySelector('canvas'); const r = c.getBoundingClientRect();"
+                              " return Array.from(c.getContext('2d').getImageData(x - r.left, y - r.top, 1, 1).data).slice(0, 3); }",
+                              [x, y])
+            p2.evaluate("() => { window.__drawn = []; }")
+            p2.mouse.move(x, y, steps=4)
+            p2.wait_for_function("() => window.__drawn.some(t => /^channel \\d+ · /.test(t))", timeout=30_000)
+            drawn = p2.evaluate("() => window.__drawn")
+            t0, t1 = map(int, re.search(r"t (\d+)–(\d+)", [t for t in drawn if t.startswith("t ")][-1]).groups())
+            ch, m, mean = re.fullmatch(r"channel (\d+) · Δ max ([\d.e+-]+), mean ([\d.e+-]+)",
+                                       readouts(drawn)[-1]).groups()
+            b, ch = t0 // 4, int(ch)
+            assert t1 == t0 + 3 and float(m) == pytest.approx(vmax[b, ch], rel=1e-3)
+            assert float(mean) == pytest.approx(vmean[b, ch], rel=1e-3)
+            want = raster.colorize(vmax[b, ch][None, None], "viridis", domain)[0, 0]
+            assert max(abs(int(a) - int(w)) for a, w in zip(rgb, want)) <= 2, (rgb, want.tolist())
+    finally:
+        p2.close()
 
 
 def test_bad_input_shows_its_error_and_keeps_the_text(page):

@@ -145,9 +145,11 @@ def hover_param(view_name: str) -> str:
 
 
 def hover_selection(view_name: str) -> alt.TopLevelSelectionParameter:
-    """Where the pointer is in one heatmap, in data coordinates (t, row): an interval selection
-    that follows the pointer at zero size and clears when it leaves. The hover layer filters the
-    heatmap's cells with it, so one cell is drawn and carries the tooltip, not one item per cell."""
+    """Where the pointer is in one heatmap: an interval selection that restarts whenever the
+    pointer enters an item and grows with it, so its pixel signals ({name}_x, {name}_y =
+    [anchor, current]) always end at the pointer; hover_readout draws from them. Vega-Lite has no
+    plain pointer-position param, and this needs no scene item per cell. No clear event: the
+    pointer crossing the readout's own marks would clear it; the last cell stays marked."""
     return alt.TopLevelSelectionParameter(
         name=hover_param(view_name), views=[view_name],
         select=alt.IntervalSelectionConfig(type="interval", encodings=["x", "y"],
@@ -236,12 +238,17 @@ def hover_readout(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: 
            "x2": {"expr": f"{on} ? min({WIDTH}, {x0} + {px_per_step * bins.width}) : 0"},
            "y": {"expr": f"{on} ? {row} * {CHANNEL_PX} : 0"},
            "y2": {"expr": f"{on} ? {row} * {CHANNEL_PX} + {CHANNEL_PX} : 0"}}
-    label = {"type": "text", "align": "left", "baseline": "bottom", "dx": 12, "dy": -6, "fontSize": 12,
+    # the label turns towards the inside near the right and top edges (a label outside the plot
+    # would also grow the view while hovering)
+    right, top = f"{on} && {hx}[1] > {WIDTH * 0.6}", f"{on} && {hy}[1] < 32"
+    label = {"type": "text", "fontSize": 12,
+             "align": {"expr": f"{right} ? 'right' : 'left'"}, "dx": {"expr": f"{right} ? -12 : 12"},
+             "baseline": {"expr": f"{top} ? 'top' : 'bottom'"}, "dy": {"expr": f"{top} ? 14 : -6"},
              "x": {"expr": f"{on} ? {hx}[1] : 0"}, "y": {"expr": f"{on} ? {hy}[1] : 0"},
              "text": {"expr": text}}
     one = alt.InlineData(values=[{}])
-    return [alt.Chart(one, mark=box), alt.Chart(one, mark={**label, "fill": "white", "stroke": "white", "strokeWidth": 4}),
-            alt.Chart(one, mark=label)]
+    halo = {**label, "fill": "white", "stroke": "white", "strokeWidth": 4, "strokeJoin": "round"}   # legible anywhere
+    return [alt.Chart(one, mark=box), alt.Chart(one, mark=halo), alt.Chart(one, mark=label)]
 
 
 def hover_params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) -> list:
