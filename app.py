@@ -501,5 +501,9 @@ def build_ui() -> gr.Blocks:
 
 demo = build_ui()
 
+# Gradio centres a plot in its box: a dashboard wider than the box lost its left edge (the
+# channel axis, the title) out of reach; left-aligned, the overflow scrolls instead
+CSS = ".altair { align-items: flex-start !important; overflow-x: auto; }"
+
 if __name__ == "__main__":
-    demo.launch()        # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    demo.launch(css=CSS)  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT

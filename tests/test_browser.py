@@ -66,6 +66,8 @@ def test_charts_render_on_load(page, tmp_path):
     box = page.locator("#charts .vega-embed canvas, #charts .vega-embed svg.marks").first.bounding_box()
     assert box["width"] > 700 and box["height"] > 1000           # 9 stacked time charts for 2 layers
     assert page.evaluate(CANVAS_INK, "#charts .vega-embed canvas") > 0.2      # drawn, not blank
+    plot = page.locator("#charts").bounding_box()
+    assert box["x"] >= plot["x"] - 1                               # the left edge (axes, title) is not cut off
     page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
     if os.environ.get("MAMBASCOPE_SCREENSHOT"):
         shutil.copy(tmp_path / "loaded.png", os.environ["MAMBASCOPE_SCREENSHOT"])
