@@ -94,7 +94,7 @@ def run_table(args) -> list[dict]:
                 providers.append(("torch", selective_scan_torch))
             for prov, fn in providers:
                 with torch.no_grad():
-                    ms = bench_ms(lambda: fn(**x, **kw), args.rep_ms)
+                    ms = bench_ms(lambda fn=fn, x=x: fn(**x, **kw), args.rep_ms)   # bound now: x is deleted below
                 cfg = launch_config(batch, dim, n, x["u"].device) if prov == "triton" else {}
                 rows.append(dict(model=name, D=dim, N=n, B=batch, L=L, norms=norms, provider=prov, ms=ms,
                                  gbs=nbytes / ms / 1e6, roofline=100 * t_roof / ms,

@@ -112,8 +112,7 @@ class MambaMixer(nn.Module):
         cost extra passes and are computed only when named.
         `hooks` (MixerHooks) may replace Δ or the output; the record then shows the edited Δ.
         """
-        batch, L, _ = hidden.shape
-        Dn, N, R = self.d_inner, self.d_state, self.dt_rank
+        N, R = self.d_state, self.dt_rank
         backend = resolve_backend(backend, hidden.device)
         # every [B, X, L] tensor below is a view of time-major [B, L, X] memory, as the linear
         # layers produce it: the compiled CPU kernels read it without a transpose copy

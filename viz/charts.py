@@ -4,17 +4,19 @@
 
 `dashboard` stacks every chart into one compound chart whose time charts share one interval
 selection param (TIME_PARAM, declared at the top with the unit view names that define it): drag
-over a time range in any of them and every other one shows it (cells outside it fade in the
+over a time range in any of them and every other one shows it (bins outside it fade in the
 heatmaps and the token strip; the line charts draw it strong). The chart functions reference
 that param by name, so their output is meant to go into `dashboard`, not to stand alone.
 
-Data on the page: every chart's DataFrame is handed to Vega-Lite as inline CSV text with values
-at SIG_DIGITS significant digits (`inline_csv`). That is ~5x smaller than Altair's JSON records
-(a 256-step trace is ~2 MB instead of ~24 MB), and Altair neither transforms nor row-limits
-inline data: its 5,000-row MaxRowsError applies to DataFrames only, so it is bypassed on purpose
-here, and no row is ever sampled or cut (tests/test_viz.py counts them). The size is bounded
-instead by the time binning: at most MAX_BINS_LIMIT bins x channels rows per heatmap.
-Exports (viz/tables.py, Trace.save) keep full precision.
+Data on the page: the channel heatmaps are images (viz/raster.py) plus their values as
+'|'-joined params for the pointer readout (channel_heatmap, hover_params): one scene item per
+heatmap instead of one per cell, which was most of the browser's drawing time. Every other
+chart's DataFrame is handed to Vega-Lite as inline CSV text (`inline_csv`). Values travel at
+SIG_DIGITS significant digits; CSV is ~5x smaller than Altair's JSON records, and Altair neither
+transforms nor row-limits inline data: its 5,000-row MaxRowsError applies to DataFrames only,
+so it is bypassed on purpose here, and no row or cell is ever sampled or cut (tests/test_viz.py
+counts them). The size is bounded by the time binning: at most MAX_BINS_LIMIT bins x channels
+cells per heatmap. Exports (viz/tables.py, Trace.save) keep full precision.
 """
 from __future__ import annotations
 
@@ -198,7 +200,7 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                        encoding=alt.FacetedEncoding(color={
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
-    readout = hover_readout(frame, tokens, bins, order, name, what, stat)
+    readout = hover_readout(frame, bins, order, name, what)
     return alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
                      title=f"{title} ({_bin_note(bins, stat)})")
 
@@ -207,8 +209,7 @@ def hover_cells(name: str) -> str:
     return f"cells_{name}"
 
 
-def hover_readout(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, name: str, what: str,
-                  stat: str) -> list:
+def hover_readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str) -> list:
     """The tooltip of an image heatmap: the cell under the pointer, outlined, and a label beside
     the pointer with t, channel, token and the value(s) -- [outline, halo, label] unit charts.
 

@@ -146,7 +146,7 @@ def _stats(vmax: np.ndarray, vmean: np.ndarray, bins: Bins) -> dict:
 def heatmap_frame(values: np.ndarray, bins: Bins) -> pd.DataFrame:
     """values [L, D] -> one row per (bin, channel): t (bin start), channel, max[, mean].
     Rows are time-major (bin 0 channels 0..D-1, bin 1 ...); n_bins * D rows, none dropped.
-    The bin's end, label and tokens are joined in the chart from token_frame (on t)."""
+    viz/charts.py draws it as an image and ships the values for the pointer readout."""
     vmax, vmean = bins.reduce(values)                                 # [nb, D] each
     nb, D = vmax.shape
     return pd.DataFrame({"t": np.repeat(bins.start, D), "channel": np.tile(np.arange(D), nb),
