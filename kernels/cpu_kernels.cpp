@@ -142,17 +142,15 @@ static inline void store_block(float *dst, const float *src, int64_t nd) {
   std::memcpy(dst, src, nd * sizeof(float));
 }
 
-// h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out = y silu(z)
-//   u, delta, z, out, y_ssm, nrm, delta_out: [B, L, D] rows;  Bm, Cm: [B, L, N] rows
-//   A [D, N], delta_bias [D] or empty, Dskip [D] or empty, h [B, D, N] contiguous: initial -> last
-//   y_ssm (y before the gate), nrm (||h_t[d, :]||_2) and delta_out (Δ after bias and softplus):
-//   optional trace outputs, written when non-empty.
+// h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out = y silu(z) (or y)
+//   u, delta, z, out, nrm: [B, L, D] rows;  Bm, Cm: [B, L, N] rows;  A [D, N];  delta_bias [D] or
+//   empty;  Dskip [D] or empty;  z empty = no gate;  h [B, D, N] contiguous: initial -> last state;
+//   nrm (||h_t[d, :]||_2) is written when non-empty.
 void scan_fwd(torch::Tensor u, torch::Tensor delta, torch::Tensor delta_bias, bool delta_softplus,
               torch::Tensor A, torch::Tensor Bm, torch::Tensor Cm, torch::Tensor Dskip, torch::Tensor z,
-              torch::Tensor h, torch::Tensor out, torch::Tensor y_ssm, torch::Tensor nrm,
-              torch::Tensor delta_out) {
+              torch::Tensor h, torch::Tensor out, torch::Tensor nrm) {
   const int64_t Bsz = u.size(0), L = u.size(1), D = u.size(2), N = A.size(1);
-  const Rows U(u), DT(delta), Bv(Bm), Cv(Cm), Z(z), O(out), Y(y_ssm), NR(nrm), DO(delta_out);
+  const Rows U(u), DT(delta), Bv(Bm), Cv(Cm), Z(z), O(out), NR(nrm);
   const float *Ap = A.data_ptr<float>();
   const float *bias = delta_bias.numel() ? delta_bias.data_ptr<float>() : nullptr;
   const float *Dp = Dskip.numel() ? Dskip.data_ptr<float>() : nullptr;
@@ -180,8 +178,6 @@ void scan_fwd(torch::Tensor u, torch::Tensor delta, torch::Tensor delta_bias, bo
         step_block(N, hs.data(), At.data(), dt, du, Bv.at(b, t), Cv.at(b, t), acc, sq);
         #pragma omp simd
         for (int64_t j = 0; j < DB; ++j) acc[j] += dsk[j] * uu[j];
-        if (DO) store_block(DO.at(b, t) + d0, dt, nd);
-        if (Y) store_block(Y.at(b, t) + d0, acc, nd);
         if (NR) {
           #pragma omp simd
           for (int64_t j = 0; j < DB; ++j) res[j] = std::sqrt(sq[j]);

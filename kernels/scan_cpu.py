@@ -95,6 +95,6 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     norm = ur.new_empty(batch, L, dim) if return_state_norm else _NONE
     flat = lambda t: t.float().contiguous() if t is not None else _NONE  # noqa: E731
     mod.scan_fwd(ur, rows(delta), flat(delta_bias), bool(delta_softplus), flat(A), rows(B), rows(C),
-                 flat(D), rows(z) if z is not None else _NONE, h, out, _NONE, norm, _NONE)
+                 flat(D), rows(z) if z is not None else _NONE, h, out, norm)
     return ScanResult(out.transpose(1, 2).to(u.dtype), h if return_last_state else None,
                       norm.transpose(1, 2) if return_state_norm else None, None)
