@@ -131,6 +131,31 @@ def _step_size(delta_ptr, bias, offs_t, offs_d, mask, stride_b, stride_d, stride
 # forward kernel
 # --------------------------------------------------------------------------------------------------
 @triton.jit
+def _channel_block(pid_b, pid_d, A_ptr, delta_bias_ptr, D_ptr, dim, n_state,
+                   HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """What both passes load and index first for their block of channels: offsets and masks,
+    A [BN, BD] (fp32), the Δ bias and D [BD], and the [BN, BD] offsets into a [B, D, N] state.
+    Padded channels / states get A = 0 (decay 1) and B = C = 0, so their state stays exactly 0."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)   # [BD]
+    offs_n = tl.arange(0, BLOCK_N)                     # [BN]
+    offs_l = tl.arange(0, BLOCK_L)                     # [BL]
+    mask_d = offs_d < dim
+    mask_n = offs_n < n_state
+    mask_nd = mask_n[:, None] & mask_d[None, :]        # [BN, BD]
+    A = tl.load(A_ptr + offs_d[None, :] * n_state + offs_n[:, None], mask=mask_nd, other=0.0)
+    A = A.to(tl.float32)                               # [BN, BD]
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    nd_offs = (pid_b * dim + offs_d[None, :]) * n_state + offs_n[:, None]   # [BN, BD] into [B, D, N]
+    return offs_d, offs_n, offs_l, mask_d, mask_n, mask_nd, A, bias, d_skip, nd_offs
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr,            # [B, D, L] input u, any float dtype, strides below
     delta_ptr,        # [B, D, L] raw step size; bias and softplus are applied here
@@ -162,25 +187,11 @@ def _selective_scan_fwd_kernel(
 ):
     pid_b = tl.program_id(0).to(tl.int64)   # int64: every offset below is then 64-bit (B*D*L passes 2^31)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)   # [BD]
-    offs_n = tl.arange(0, BLOCK_N)                     # [BN]
-    offs_l = tl.arange(0, BLOCK_L)                     # [BL]
-    mask_d = offs_d < dim
-    mask_n = offs_n < n_state
-    mask_nd = mask_n[:, None] & mask_d[None, :]        # [BN, BD]
+    offs_d, offs_n, offs_l, mask_d, mask_n, mask_nd, A, bias, d_skip, nd_offs = _channel_block(
+        pid_b, pid_d, A_ptr, delta_bias_ptr, D_ptr, dim, n_state, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N, BLOCK_L)
+    A2 = A * LOG2E                                     # [BN, BD] A * log2(e): exp2 below
     is_first = (offs_l == 0)[:, None, None]            # [BL, 1, 1]
     is_last = (offs_l == BLOCK_L - 1)[:, None, None]
-
-    # padded channels / states get A = 0 (decay 1) and B = C = 0, so their state stays exactly 0
-    A2 = tl.load(A_ptr + offs_d[None, :] * n_state + offs_n[:, None], mask=mask_nd, other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E                     # [BN, BD] A * log2(e)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    nd_offs = (pid_b * dim + offs_d[None, :]) * n_state + offs_n[:, None]   # [BN, BD] into [B, D, N]
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)                      # [BN, BD]
     if HAS_H0:
         h = tl.load(h0_ptr + nd_offs, mask=mask_nd, other=0.0).to(tl.float32)
@@ -275,24 +286,11 @@ def _selective_scan_bwd_kernel(
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_l = tl.arange(0, BLOCK_L)
-    mask_d = offs_d < dim
-    mask_n = offs_n < n_state
-    mask_nd = mask_n[:, None] & mask_d[None, :]
+    offs_d, offs_n, offs_l, mask_d, mask_n, mask_nd, A, bias, d_skip, nd_offs = _channel_block(
+        pid_b, pid_d, A_ptr, delta_bias_ptr, D_ptr, dim, n_state, HAS_BIAS, HAS_D, BLOCK_D, BLOCK_N, BLOCK_L)
+    A2 = A * LOG2E                                                    # [BN, BD]
     is_first = (offs_l == 0)[:, None, None]
     is_last = (offs_l == BLOCK_L - 1)[:, None, None]
-
-    A = tl.load(A_ptr + offs_d[None, :] * n_state + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
-    A2 = A * LOG2E                                                    # [BN, BD]
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    nd_offs = (pid_b * dim + offs_d[None, :]) * n_state + offs_n[:, None]   # [BN, BD]
 
     # mu = exp(delta_s A) lambda_s at the first step s of the chunk processed last, i.e. dLoss/dh
     # at the step before it; before any chunk it is the gradient of the returned last state
