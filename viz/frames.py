@@ -21,8 +21,8 @@ from .sequences import TRIGGER, TaskPositions, task_positions, token_labels
 
 MAX_BINS_DEFAULT = 64        # time bins per chart by default: 64 x 128 = 8,192 cells per heatmap.
 # Measured click-to-charts in headless chromium (2 cores, image heatmaps): 0.82 s (L=256) and 1.25 s
-# (L=16384) at 64 bins, 1.06 / 1.36 s at 128, 1.08 / 1.58 s at 256 (the token strip, predictions and
-# lines still grow with the bins); the slider goes to MAX_BINS_LIMIT for per-token detail.
+# (L=16384) at 64 bins, 1.06 / 1.36 s at 128, 1.08-1.22 / 1.58-1.83 s at 256 (Vega's draw barely
+# changes; the 2x larger spec's transfer and handling do); the slider goes to MAX_BINS_LIMIT.
 MAX_BINS_LIMIT = 1024        # the widget's top; 1024 x 128 = 131,072 cells per heatmap image
 ROLES = ["filler", "memory M", "trigger S", "query: correct", "query: wrong"]   # priority order
 
