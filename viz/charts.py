@@ -161,7 +161,7 @@ def hover_selection(view_name: str) -> alt.TopLevelSelectionParameter:
 
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
-                    name: str, stat: str = "max", scheme: str = "viridis") -> alt.LayerChart:
+                    name: str, stat: str = "max", scheme: str = "viridis") -> tuple:
     """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`.
 
     Layers over one quantitative (t, row) plane, row = position in `order`:
@@ -170,8 +170,9 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
       legend   the colour scale (same scheme and domain as the image), on an invisible point
       readout  the cell under the pointer, outlined and labelled (hover_readout)
     The cells also go to the page as numbers (hover_params: frame's max[, mean], none dropped),
-    which the readout shows and an export of the spec holds. The dashboard adds the params
-    (hover_selection(name), hover_params(...)) at its top level."""
+    which the readout shows and an export of the spec holds.
+    Returns (layer chart, params): the params (hover_selection, hover_params) belong at the
+    top level of the chart the layer ends up in, where the readout's expressions see them."""
     stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
     D = len(order)
     nb = len(bins.start)
@@ -201,8 +202,9 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
     readout = hover_readout(frame, bins, order, name, what)
-    return alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
-                     title=f"{title} ({_bin_note(bins, stat)})")
+    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
+                      title=f"{title} ({_bin_note(bins, stat)})")
+    return layer, [hover_selection(name), *hover_params(frame, tokens, order, name)]
 
 
 def hover_cells(name: str) -> str:
@@ -305,31 +307,29 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
             series_chart(series_frame(prediction_series(view), view, bins), bins,
                          "Probability of the top-1 token and of the memory token M", "p", "p_lines")]
     views = ["tokens", "predictions", "p_lines"]
-    cells = []                                                        # hover_params per heatmap
+    heatmap_params = []                                               # each heatmap's hover params
     for i in layers:
         ratio = delta_ratio(view.delta[i], mem)                      # None without a memory position
         order = channel_order(ratio, view.delta[i].shape[1], sort)
-        frame = heatmap_frame(view.delta[i], bins)
-        dh = channel_heatmap(frame, tokens, bins, order, f"Layer {i + 1}: Δ (step size, after softplus)", "Δ",
-                             f"delta_{i + 1}", stat)
-        cells += hover_params(frame, tokens, order, f"delta_{i + 1}")
+        dh, params = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
+                                     f"Layer {i + 1}: Δ (step size, after softplus)", "Δ", f"delta_{i + 1}", stat)
+        heatmap_params += params
         # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
         # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
         dh = alt.hconcat(dh)
         rows.append(alt.hconcat(dh, ratio_chart(ratio, order, mem)) if ratio is not None else dh)
-        frame = heatmap_frame(view.state_norm[i], bins)
-        rows.append(alt.hconcat(channel_heatmap(frame, tokens, bins, order,
-                                                f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖",
-                                                f"norm_{i + 1}", stat, "magma")))
-        cells += hover_params(frame, tokens, order, f"norm_{i + 1}")
+        nh, params = channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
+                                     f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖", f"norm_{i + 1}", stat,
+                                     "magma")
+        heatmap_params += params
+        rows.append(alt.hconcat(nh))
         rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},
                                               view, bins), bins,
                                  f"Layer {i + 1}: total state norm ‖h_t‖ over all channels", "‖h_t‖",
                                  f"total_norm_{i + 1}"))
         views += [f"delta_{i + 1}", f"norm_{i + 1}", f"total_norm_{i + 1}"]
     window = "" if (bins.t0, bins.t1) == (0, view.length) else f" · window t = {bins.t0}..{bins.t1 - 1}"
-    hovers = [hover_selection(v) for v in views if v.startswith(("delta_", "norm_"))]
-    return alt.vconcat(*rows, params=[time_selection(views), *hovers, *cells], spacing=18,
+    return alt.vconcat(*rows, params=[time_selection(views), *heatmap_params], spacing=18,
                        title=alt.TitleParams(f"{view.label} · L = {view.length:,}{window}", anchor="start"),
                        resolve=alt.Resolve(scale=alt.ScaleResolveMap(color="independent", strokeDash="independent")))
 
