@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
 
-.PHONY: app test test-fast bench browser clean
+.PHONY: app test test-fast bench browser mechanism clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-fast: $(TEST_VENV)/.installed
 
 bench: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m bench.cpu_model
+
+# docs/mechanism.md and its figures (~6-13 min on 2 cores); MECHANISM_FLAGS trade samples for time
+MECHANISM_FLAGS ?= --long-seqs 4 --long-max-log2 20 --freeze-log2 13 --interv-seqs 96 --probe-train 384 --probe-test 192 --delta-seqs 48 --attn-seqs 8
+mechanism: $(VENV)/.installed
+	$(VENV)/bin/python -m analysis.mechanism $(MECHANISM_FLAGS)
+	$(VENV)/bin/python -m viz.figures docs/mechanism/figures.json
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache

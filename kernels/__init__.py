@@ -32,6 +32,7 @@ from . import scan_cpu
 from .scan_cpu import selective_scan_cpu
 from .scan_reference import ScanResult, selective_scan_reference
 from .scan_torch import selective_scan_torch
+from .ssd import SSDResult, mamba_chunk_scan, mamba_chunk_scan_reference  # Mamba-2 (SSD), see ssd.py
 
 BACKENDS = ("reference", "torch", "cpu", "triton")
 
@@ -88,4 +89,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 __all__ = ["selective_scan", "ScanResult", "BACKENDS", "default_backend", "resolve_backend",
-           "selective_scan_reference", "selective_scan_torch", "selective_scan_cpu", "triton_available"]
+           "selective_scan_reference", "selective_scan_torch", "selective_scan_cpu", "triton_available",
+           "mamba_chunk_scan", "SSDResult", "mamba_chunk_scan_reference"]

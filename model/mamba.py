@@ -1,4 +1,6 @@
-"""A Mamba-1 language model that computes exactly what mamba_ssm's `MambaLMHeadModel` computes.
+"""A Mamba language model that computes exactly what mamba_ssm's `MambaLMHeadModel` computes: the
+Mamba-1 mixer, the block, the LM. The block's mixer follows cfg.layer (`mixer_class`; Mamba-2's is
+in mamba2.py); every mixer has the interface in records.py.
 
 Glossary (Mamba paper, Gu & Dao 2023):
     B      batch size                 L      sequence length
@@ -19,8 +21,7 @@ which lets long sequences run in time chunks (`forward_stream`); the scan backen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -32,28 +33,9 @@ from kernels.causal_conv1d import causal_conv1d
 from kernels.scan_reference import discretize_delta
 
 from .config import MambaConfig
-
-STREAM_CHUNK = 8192   # tokens per time chunk when a long no-grad forward streams through the model
-RECORDABLE = ("ssm_input", "delta", "B", "C", "state_norm", "ssm_output")   # what a mixer can record
-
-
-@dataclass
-class LayerState:
-    """What one mixer carries from one time chunk to the next (the streaming / step API)."""
-    conv: Tensor   # [B, D, d_conv - 1]  last pre-conv inputs
-    ssm: Tensor    # [B, D, N]           h at the last step, fp32
-
-
-@dataclass
-class MixerHooks:
-    """Hook points for interventions (model/interventions.py); None = untouched, bit-identical.
-
-    delta:  Δ after softplus [B, D, L] -> replacement [B, D, L]; the scan then runs on it as given
-    output: the mixer's output [B, L, d_model] (after out_proj) -> replacement
-    The callables see one time chunk; whoever builds them knows the chunk's offset.
-    """
-    delta: Optional[Callable[[Tensor], Tensor]] = None
-    output: Optional[Callable[[Tensor], Tensor]] = None
+from .records import RECORDABLE, LayerState, MixerHooks, RecordSpec
+from .run import run
+from .trace import trace
 
 
 class RMSNorm(nn.Module):
@@ -101,16 +83,32 @@ class MambaMixer(nn.Module):
         self.A_log.copy_(torch.log(A))
         self.D.fill_(1.0)
 
-    def forward(self, hidden: Tensor, state: Optional[LayerState] = None, record: Optional[dict] = None,
-                backend: Optional[str] = None, hooks: Optional[MixerHooks] = None):
-        """hidden: [B, L, d_model] -> (out [B, L, d_model], LayerState after the last step).
+    unit = "channel"                  # what one index of a per-layer record is (Trace meta "units")
 
-        `record`, when a dict, is filled with this layer's trace tensors, each [B, L, ...]:
-        ssm_input u, delta (after softplus), B, C, state_norm, ssm_output (y + D*u, before the
-        gate) and, if record["want_states"] is true, states [B, L, D, N]. record["include"]
-        (default RECORDABLE) names the quantities needed; Δ, the norm and the pre-gate output
-        cost extra passes and are computed only when named.
-        `hooks` (MixerHooks) may replace Δ or the output; the record then shows the edited Δ.
+    @property
+    def n_units(self) -> int:         # U: channels D
+        return self.d_inner
+
+    @property
+    def A(self) -> Tensor:            # [D, N] fp32, the one place A is computed from A_log
+        return -torch.exp(self.A_log.float())
+
+    def init_state(self, batch: int) -> LayerState:
+        """Zero conv and SSM states: the same as starting a sequence from scratch."""
+        w = self.conv1d.weight
+        return LayerState(conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=w.device, dtype=w.dtype),
+                          ssm=torch.zeros(batch, self.d_inner, self.d_state, device=w.device))
+
+    def forward(self, hidden: Tensor, state: Optional[LayerState] = None, spec: Optional[RecordSpec] = None,
+                backend: Optional[str] = None, hooks: Optional[MixerHooks] = None):
+        """hidden [B, L, d_model] -> (out [B, L, d_model], LayerState after the last step, record).
+
+        record is None without a spec; else {name: [B, L, ...]} for each name in spec.include the
+        mixer computes: ssm_input u [B, L, D], delta (after softplus) [B, L, D], B, C [B, L, N],
+        state_norm ||h_t[d, :]|| [B, L, D], ssm_output (y + D*u, before the gate) [B, L, D], and
+        states [B, L, D, N] when spec.states. Δ, the norm and the pre-gate output cost extra passes
+        and are computed only when named. `hooks` may replace Δ or the output; the record then
+        shows the edited Δ.
         """
         N, R = self.d_state, self.dt_rank
         backend = resolve_backend(backend, hidden.device)
@@ -126,47 +124,63 @@ class MambaMixer(nn.Module):
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)        # [B, D, L], bias in the scan
         Bm = Bm.transpose(1, 2)                                       # [B, N, L]
         Cm = Cm.transpose(1, 2)                                       # [B, N, L]
-        A = -torch.exp(self.A_log.float())                            # [D, N]
+        A = self.A                                                    # [D, N]
         h0 = state.ssm if state is not None else None
         delta_bias, delta_softplus = self.dt_proj.bias.float(), True
         if hooks is not None and hooks.delta is not None:
             # the scan's own discretisation (same ops), then the edit; the scan takes Δ as given
             delta = hooks.delta(discretize_delta(delta, delta_bias, True))   # [B, D, L]
             delta_bias, delta_softplus = None, False
-        if record is None:
+        record = None
+        if spec is None:
             y, h_last = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=z,
                                        delta_bias=delta_bias, delta_softplus=delta_softplus,
                                        return_last_state=True, initial_state=h0, backend=backend)
         else:
-            want = record.get("include", RECORDABLE)
-            want_states = bool(record.get("want_states"))
+            want, record = spec.include, {}
+            lacking = [k for k in want if k not in RECORDABLE]
+            if lacking:
+                raise ValueError(f"Mamba1 layers cannot record {lacking}; recordable: {', '.join(RECORDABLE)}")
+            t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
             if "delta" in want:   # discretise once: the record keeps Δ, the scan takes it as given
                 delta = discretize_delta(delta, delta_bias, delta_softplus)      # [B, D, L]
                 delta_bias, delta_softplus = None, False
-                record["delta"] = delta.transpose(1, 2)
+                record["delta"] = t(delta)
             # y before the gate is only on record when asked for; otherwise the scan gates
             gate_inside = "ssm_output" not in want
             res = selective_scan(u, delta, A, Bm, Cm, self.D.float(), z=z if gate_inside else None,
                                  delta_bias=delta_bias, delta_softplus=delta_softplus,
                                  return_last_state=True, initial_state=h0,
-                                 return_state_norm="state_norm" in want, return_states=want_states,
+                                 return_state_norm="state_norm" in want, return_states=spec.states,
                                  backend=backend)
             if not isinstance(res, ScanResult):                       # neither norm nor states asked
                 res = ScanResult(res[0], res[1], None, None)
             h_last = res.last_state
             y = res.out if gate_inside else res.out * F.silu(z)
-            t = lambda a: a.transpose(1, 2)                           # noqa: E731  [B, X, L] -> [B, L, X]
-            record.update(ssm_input=t(u), B=t(Bm), C=t(Cm))
+            for name, a in (("ssm_input", u), ("B", Bm), ("C", Cm)):
+                if name in want:
+                    record[name] = t(a)
             if not gate_inside:
                 record["ssm_output"] = t(res.out)
             if res.state_norm is not None:
                 record["state_norm"] = t(res.state_norm)
-            if want_states:
+            if spec.states:
                 record["states"] = res.states.transpose(1, 2)         # [B, L, D, N]
         out = self.out_proj(y.transpose(1, 2))                       # [B, L, d_model]
         if hooks is not None and hooks.output is not None:
             out = hooks.output(out)
-        return out, LayerState(conv=conv_next, ssm=h_last)
+        return out, LayerState(conv=conv_next, ssm=h_last), record
+
+
+def mixer_class(layer: str) -> type:
+    """The mixer for cfg.layer (mamba_ssm's ssm_cfg["layer"]): one entry per architecture."""
+    if layer == "Mamba1":
+        return MambaMixer
+    if layer == "Mamba2":
+        # imported on use: mamba2.py is a sibling mixer, and most models never need it
+        from .mamba2 import Mamba2Mixer
+        return Mamba2Mixer
+    raise ValueError(f"unknown mixer layer {layer!r}; known: Mamba1, Mamba2")
 
 
 class Block(nn.Module):
@@ -176,15 +190,16 @@ class Block(nn.Module):
         super().__init__()
         self.residual_in_fp32 = cfg.residual_in_fp32
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_epsilon, device=device, dtype=dtype)
-        self.mixer = MambaMixer(cfg, device=device, dtype=dtype)
+        self.mixer = mixer_class(cfg.layer)(cfg, device=device, dtype=dtype)
 
-    def forward(self, hidden, residual, state=None, record=None, backend=None, hooks=None):
+    def forward(self, hidden, residual, state=None, spec=None, backend=None, hooks=None):
+        """-> (mixer output, residual, LayerState, record or None); see MambaMixer.forward."""
         residual = hidden + residual if residual is not None else hidden
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden, state = self.mixer(hidden, state=state, record=record, backend=backend, hooks=hooks)
-        return hidden, residual, state
+        hidden, state, record = self.mixer(hidden, state=state, spec=spec, backend=backend, hooks=hooks)
+        return hidden, residual, state, record
 
 
 class MixerModel(nn.Module):
@@ -202,6 +217,8 @@ class MambaLM(nn.Module):
         logits = lm(tokens)                    # tokens [B, L] int64 -> logits [B, L, vocab]
         logits, states = lm.forward_stream(tokens[:, :100])           # streaming / step API
         logits, states = lm.forward_stream(tokens[:, 100:], states)   # continues exactly
+    Records, interventions and state snapshots: model.run.run(lm, tokens, ...); one sequence's
+    activations as numpy: lm.trace(tokens).
     """
 
     def __init__(self, config: MambaConfig, device=None, dtype=None):
@@ -228,13 +245,8 @@ class MambaLM(nn.Module):
         return self.backbone.embedding.weight.device
 
     def init_states(self, batch: int) -> list[LayerState]:
-        """Zero states: the same as starting a sequence from scratch."""
-        c = self.config
-        dev = self.device
-        return [LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv - 1, device=dev,
-                                            dtype=self.backbone.embedding.weight.dtype),
-                           ssm=torch.zeros(batch, c.d_inner, c.d_state, device=dev))
-                for _ in range(c.n_layer)]
+        """Zero states, one per layer: the same as starting a sequence from scratch."""
+        return [layer.mixer.init_state(batch) for layer in self.backbone.layers]
 
     def _check_tokens(self, input_ids: Tensor):
         if input_ids.dim() != 2:
@@ -248,59 +260,56 @@ class MambaLM(nn.Module):
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is out of range 0..{self.config.vocab_size - 1}")
 
-    def forward_stream(self, input_ids: Tensor, states: Optional[list] = None, num_last_tokens: int = 0,
-                       records: Optional[list] = None, backend: Optional[str] = None,
-                       hooks: Optional[list] = None):
-        """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states).
+    def forward_chunk(self, input_ids: Tensor, states: Optional[list] = None, *, num_last_tokens: int = 0,
+                      spec: Optional[RecordSpec] = None, backend: Optional[str] = None,
+                      hooks: Optional[list] = None):
+        """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states, records).
 
-        `states` from the previous chunk (None = start of sequence). `records`, when given, is a
-        list with one dict per layer that the mixers fill (see MambaMixer.forward); records[i]
-        also receives resid_post [B, l, d_model], the residual stream after block i.
-        `hooks`, when given, is a list with one MixerHooks (or None) per layer (interventions).
+        `states` from the previous chunk (None = start of sequence). records is None without a
+        spec; else one dict per layer (MambaMixer.forward), plus resid_post [B, l, d_model], the
+        residual stream after block i, when spec.include names it. `hooks`: None or one
+        MixerHooks (or None) per layer. model.run.run is the loop that calls this.
         """
         self._check_tokens(input_ids)
         hidden = self.backbone.embedding(input_ids)                    # [B, l, d_model]
         residual = None
-        new_states = []
+        new_states, records = [], ([] if spec is not None else None)
         for i, layer in enumerate(self.backbone.layers):
-            rec = records[i] if records is not None else None
-            hidden, residual, st = layer(hidden, residual, state=states[i] if states else None,
-                                         record=rec, backend=backend,
-                                         hooks=hooks[i] if hooks is not None else None)
+            hidden, residual, st, rec = layer(hidden, residual, state=states[i] if states else None,
+                                              spec=spec, backend=backend,
+                                              hooks=hooks[i] if hooks is not None else None)
             new_states.append(st)
-            if rec is not None:
-                rec["resid_post"] = hidden + residual
+            if spec is not None:
+                if "resid_post" in spec.include:
+                    rec["resid_post"] = hidden + residual
+                records.append(rec)
         residual = hidden + residual if residual is not None else hidden
         hidden = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
-        return self.lm_head(hidden), new_states
+        return self.lm_head(hidden), new_states, records
+
+    def forward_stream(self, input_ids: Tensor, states: Optional[list] = None, num_last_tokens: int = 0,
+                       backend: Optional[str] = None):
+        """The step API: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states);
+        pass the states back in to continue the sequence exactly."""
+        logits, states, _ = self.forward_chunk(input_ids, states, num_last_tokens=num_last_tokens, backend=backend)
+        return logits, states
 
     def forward(self, input_ids: Tensor, num_last_tokens: int = 0, backend: Optional[str] = None,
-                chunk_len: int = STREAM_CHUNK) -> Tensor:
+                chunk_len: Optional[int] = None) -> Tensor:
         """input_ids [B, L] -> logits [B, L, V] (or [B, num_last_tokens, V]).
 
-        Without gradients, sequences longer than `chunk_len` stream through the model chunk by
-        chunk, carrying conv and SSM states, so memory grows with the chunk, not with L.
+        Without gradients the sequence streams through model.run's chunk loop (chunk_len tokens
+        at a time, default run.STREAM_CHUNK), carrying conv and SSM states, so memory grows with
+        the chunk, not with L. With gradients: one pass (training backpropagates through it).
         """
-        L = input_ids.shape[-1]
-        if torch.is_grad_enabled() or L <= chunk_len:
-            return self.forward_stream(input_ids, None, num_last_tokens, backend=backend)[0]
-        states, outs = None, []
-        for s in range(0, L, chunk_len):
-            chunk = input_ids[:, s:s + chunk_len]                     # [B, n]
-            n = chunk.shape[1]
-            keep = n if num_last_tokens <= 0 else min(n, max(0, s + n - (L - num_last_tokens)))
-            # a chunk with nothing to keep still runs for its states; its one logit row is dropped
-            logits, states = self.forward_stream(chunk, states, num_last_tokens=0 if keep == n else max(keep, 1),
-                                                 backend=backend)
-            if keep:
-                outs.append(logits)
-        return torch.cat(outs, dim=1)
+        if torch.is_grad_enabled():
+            return self.forward_chunk(input_ids, num_last_tokens=num_last_tokens, backend=backend)[0]
+        return run(self, input_ids, num_last_tokens=num_last_tokens, backend=backend, chunk_len=chunk_len).logits
 
     def trace(self, tokens, **kwargs):
         """Record every layer's activations for one sequence; see model.trace.trace."""
-        from .trace import trace
         return trace(self, tokens, **kwargs)
 
     def num_parameters(self) -> int:

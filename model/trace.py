@@ -1,24 +1,38 @@
 """Activation traces: everything the app draws and researchers export, for one sequence.
 
-    tr = lm.trace(tokens)                 # tokens: [L] ints (list, numpy or tensor)
-    tr.layers[1].delta                    # [L, D] Δ after softplus, layer 2
+    tr = lm.trace(tokens)                 # tokens: [L] ints (list, numpy or tensor); = trace(lm, tokens)
+    tr.layers[1].delta                    # [L, U] Δ, layer 2 (U units: channels or heads)
     tr.save("run.safetensors"); Trace.load("run.safetensors")
+    trace(lm, tokens, interventions=[ClampDelta(0, [3], from_t=10)])   # the edited run, same format
 
-Arrays are numpy (viz/ consumes numpy and never imports torch). Shapes, per layer i:
-    ssm_input   [L, D]    u: conv + SiLU output, the scan's input  (MambaLens hook_ssm_input)
-    delta       [L, D]    Δ after softplus                          (hook_delta)
-    B, C        [L, N]    input-dependent B and C                   (hook_B, hook_C)
-    state_norm  [L, D]    ||h_t[d, :]||_2                           (hook_state_norm, ours)
-    ssm_output  [L, D]    y + D*u, before the silu(z) gate          (hook_ssm_output)
-    resid_post  [L, d_model] residual stream after block i          (hook_resid_post)
-    states      [L, D, N] h_t, only when asked for and under a cap  (hook_h)
+A trace is model.run.run on one sequence with every record asked for, turned into numpy.
+
+Arrays are numpy (viz/ consumes numpy and never imports torch). Per layer i, U is the axis of
+the mixer's units, named in meta["units"]: "channel" for Mamba-1 (U = D channels), "head" for
+Mamba-2 (U = H heads of P channels; Δ, A and the decay are one scalar per head there).
+
+    field       Mamba-1        Mamba-2          what                                hook name
+    ssm_input   [L, D]         [L, D]           x (u): conv + SiLU output, the      hook_ssm_input
+                                                scan's input (Mamba-2: channel h*P+p)
+    delta       [L, D]         [L, H]           Δ after dt bias, softplus, limit    hook_delta
+    decay       -              [L, H]           exp(Δ A), the factor a head's       hook_decay
+                                                state keeps per step (ours)
+    B, C        [L, N]         [L, G, N]        input-dependent B, C (per group)    hook_B, hook_C
+    state_norm  [L, D]         [L, H]           ||h_t[d, :]||_2 / ||h_t[head]||_F   hook_state_norm (ours)
+    ssm_output  [L, D]         [L, D]           y + D x, before the silu(z) gate    hook_ssm_output
+    resid_post  [L, d_model]   [L, d_model]     residual stream after block i       hook_resid_post
+    states      [L, D, N]      [L, H, P, N]     h_t, only when asked, under a cap   hook_h
 and for the model: logits, probs [L, V] (hook_logits, hook_probs), tokens [L].
 In the safetensors file the keys are MambaLens / TransformerLens hook names: blocks.{i}.hook_delta.
+(TransformerLens's Mamba-2 bridge hooks module boundaries only -- mixer.hook_in_proj, hook_conv,
+hook_inner_norm, hook_ssm_out -- and names none of these quantities, so MambaLens's names are
+kept for both mixers; docs/mamba2.md maps the two.)
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,28 +41,34 @@ from safetensors import SafetensorError, safe_open
 
 from kernels import resolve_backend
 
+from . import __version__
+from .interventions import describe
+from .records import MIXER_SPECIFIC, RECORDABLE
+from .run import run
 from .safetensors_io import write_safetensors
 
 TRACE_FORMAT = "mambascope-trace/1"
 DEFAULT_MAX_STATE_ELEMS = 1 << 24   # full states: 64 MiB of fp32 over all layers unless raised
-LAYER_FIELDS = {  # attribute -> hook name
-    "ssm_input": "hook_ssm_input", "delta": "hook_delta", "B": "hook_B", "C": "hook_C",
-    "state_norm": "hook_state_norm", "ssm_output": "hook_ssm_output", "resid_post": "hook_resid_post",
-}
+# attribute -> MambaLens hook name: every mixer's records, then the mixer-specific ones (decay)
+LAYER_FIELDS = {name: f"hook_{name}" for name in RECORDABLE + MIXER_SPECIFIC}
 STATES_HOOK = "hook_h"
+# what each mixer records by default (a Mamba-1 layer has no decay record: its A is [D, N])
+DEFAULT_FIELDS = {"Mamba1": RECORDABLE, "Mamba2": RECORDABLE + ("decay",)}
 
 
 @dataclass
 class LayerTrace:
-    """One layer's recordings; a quantity left out of `trace(include=...)` is None."""
+    """One layer's recordings; a quantity left out of `trace(include=...)` (or that the mixer
+    does not have) is None. Shapes: Mamba-1 / Mamba-2 (module docstring)."""
     ssm_input: Optional[np.ndarray] = None    # [L, D]
-    delta: Optional[np.ndarray] = None        # [L, D]
-    B: Optional[np.ndarray] = None            # [L, N]
-    C: Optional[np.ndarray] = None            # [L, N]
-    state_norm: Optional[np.ndarray] = None   # [L, D]
+    delta: Optional[np.ndarray] = None        # [L, D] / [L, H]
+    B: Optional[np.ndarray] = None            # [L, N] / [L, G, N]
+    C: Optional[np.ndarray] = None            # [L, N] / [L, G, N]
+    state_norm: Optional[np.ndarray] = None   # [L, D] / [L, H]
     ssm_output: Optional[np.ndarray] = None   # [L, D]
     resid_post: Optional[np.ndarray] = None   # [L, d_model]
-    states: Optional[np.ndarray] = None       # [L, D, N]
+    states: Optional[np.ndarray] = None       # [L, D, N] / [L, H, P, N]
+    decay: Optional[np.ndarray] = None        # Mamba-2 only: [L, H], exp(Δ A)
 
 
 @dataclass
@@ -57,11 +77,18 @@ class Trace:
     layers: list             # [LayerTrace] * n_layer
     logits: np.ndarray       # [L, V]
     probs: np.ndarray        # [L, V]
-    meta: dict = field(default_factory=dict)   # config, checkpoint_sha256, backend, version, task
+    # config, norm_epsilon, checkpoint (file name), checkpoint_sha256, backend, version, task,
+    # units, and interventions when the run was edited
+    meta: dict = field(default_factory=dict)
 
     @property
     def length(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def units(self) -> str:
+        """What the per-layer arrays' second axis indexes: "channel" (Mamba-1) or "head" (Mamba-2)."""
+        return self.meta.get("units", "channel")      # traces before the field were all Mamba-1
 
     def to_tensors(self) -> dict:
         out = {"tokens": self.tokens, "hook_logits": self.logits, "hook_probs": self.probs}
@@ -93,8 +120,11 @@ class Trace:
         for i in range(n_layer):
             hooks = {**LAYER_FIELDS, "states": STATES_HOOK}
             layers.append(LayerTrace(**{a: arrays.get(f"blocks.{i}.{h}") for a, h in hooks.items()}))
+        meta = {k: _maybe_json(v) for k, v in meta.items()}
+        if "checkpoint_path" in meta:    # older traces stored the absolute path: keep only the name
+            meta.setdefault("checkpoint", Path(meta.pop("checkpoint_path")).name)
         return cls(tokens=arrays["tokens"], layers=layers, logits=arrays["hook_logits"],
-                   probs=arrays["hook_probs"], meta={k: _maybe_json(v) for k, v in meta.items()})
+                   probs=arrays["hook_probs"], meta=meta)
 
 
 def _maybe_json(s: str):
@@ -117,22 +147,24 @@ def as_token_tensor(tokens, device="cpu") -> torch.Tensor:
 
 
 @torch.no_grad()
-def trace(lm, tokens: Sequence[int], full_states: bool = False,
-          max_state_elems: int = DEFAULT_MAX_STATE_ELEMS, backend: Optional[str] = None,
-          chunk_len: Optional[int] = None, include: Optional[Sequence[str]] = None) -> Trace:
-    """Run `lm` on one sequence and record every layer (see module docstring for shapes).
+def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None, full_states: bool = False,
+          max_state_elems: int = DEFAULT_MAX_STATE_ELEMS, interventions: Sequence = (),
+          backend: Optional[str] = None, chunk_len: Optional[int] = None) -> Trace:
+    """Run `lm` on one sequence ([L] or [1, L]) and record every layer (module docstring for shapes).
 
+    include: which per-layer quantities to keep (default: everything the mixer records,
+    DEFAULT_FIELDS); the others are None. E.g. include=("state_norm",) traces 2^20 tokens in
+    ~1 GiB instead of ~4.5 GiB. "decay" is Mamba-2's only (a Mamba-1 model refuses it).
     full_states: also keep h_t for every step, refused above `max_state_elems` floats in total
-    (L * D * N * n_layer); raise the cap explicitly if you have the memory.
-    include: which per-layer quantities to keep (default all of LAYER_FIELDS); the others are
-    None. E.g. include=("state_norm",) traces 2^20 tokens in ~1 GiB instead of ~4.5 GiB.
+    (L * D * N * n_layer, D = H * P for Mamba-2); raise the cap explicitly if you have the memory.
+    interventions: edits (model.interventions) applied during the run; meta["interventions"]
+    then describes them. backend, chunk_len: as model.run.run.
     """
-    from . import __version__
-    from .mamba import STREAM_CHUNK
-    include = tuple(LAYER_FIELDS) if include is None else tuple(include)
+    include = DEFAULT_FIELDS[lm.config.layer] if include is None else tuple(include)
     unknown = set(include) - set(LAYER_FIELDS)
     if unknown:
         raise ValueError(f"unknown trace quantities {sorted(unknown)}; choose from {list(LAYER_FIELDS)}")
+    interventions = list(interventions)
     ids = as_token_tensor(tokens, lm.device)                         # [1, L]
     cfg = lm.config
     L = ids.shape[1]
@@ -141,33 +173,24 @@ def trace(lm, tokens: Sequence[int], full_states: bool = False,
         if need > max_state_elems:
             raise ValueError(f"full states for L={L} need {need:,} floats ({need * 4 / 2**20:.0f} MiB), "
                              f"over the cap of {max_state_elems:,}; pass max_state_elems={need} to allow it")
-        include = include + ("states",)
-    chunk_len = chunk_len or STREAM_CHUNK
     was_training = lm.training
     lm.eval()
-    # outputs preallocated and filled chunk by chunk: no list-then-concatenate copy of the trace
-    logits = np.empty((L, cfg.vocab_size), dtype=np.float32)         # [L, V]
-    out = [dict() for _ in range(cfg.n_layer)]
-    states = None
     try:
-        for s in range(0, L, chunk_len):
-            records = [{"want_states": full_states, "include": include} for _ in range(cfg.n_layer)]
-            lg, states = lm.forward_stream(ids[:, s:s + chunk_len], states, records=records, backend=backend)
-            e = s + lg.shape[1]
-            logits[s:e] = lg[0, :, :cfg.vocab_size].float().cpu().numpy()
-            for i, rec in enumerate(records):
-                for key in include:
-                    a = rec[key][0].float().cpu().numpy()            # [l, ...]
-                    if key not in out[i]:
-                        out[i][key] = np.empty((L, *a.shape[1:]), dtype=np.float32)
-                    out[i][key][s:e] = a
+        res = run(lm, ids, interventions, include=include, states=full_states, backend=backend, chunk_len=chunk_len)
     finally:
         lm.train(was_training)
-    layers = [LayerTrace(**{a: out[i].get(a) for a in (*LAYER_FIELDS, "states")}) for i in range(cfg.n_layer)]
+    np32 = lambda a: a[0].float().cpu().numpy()                      # noqa: E731  [1, L, ...] -> [L, ...]
+    recs = res.records or [{} for _ in range(cfg.n_layer)]
+    layers = [LayerTrace(**{a: np32(r[a]) if a in r else None for a in (*LAYER_FIELDS, "states")}) for r in recs]
+    logits = np32(res.logits[..., :cfg.vocab_size])                 # [L, V]
     probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    path = getattr(lm, "checkpoint_path", None)
     meta = {"config": cfg.to_mamba_ssm_dict(), "norm_epsilon": cfg.norm_epsilon,
             "checkpoint_sha256": getattr(lm, "checkpoint_sha256", None) or "unsaved",
-            "checkpoint_path": getattr(lm, "checkpoint_path", None) or "",
+            # the file name only: an exported trace must not carry the server's paths
+            "checkpoint": Path(path).name if path else "",
             "backend": resolve_backend(backend, lm.device), "version": __version__,
-            "task": getattr(lm, "task", None) or {}}
+            "task": getattr(lm, "task", None) or {}, "units": lm.backbone.layers[0].mixer.unit}
+    if interventions:
+        meta["interventions"] = [describe(iv) for iv in interventions]
     return Trace(tokens=ids[0].cpu().numpy(), layers=layers, logits=logits, probs=probs, meta=meta)

@@ -1,9 +1,12 @@
 """The app as a user's program sees it: `python app.py` in a subprocess on a free port, driven
-with gradio_client. Runs a sequence, exports every format and reads it back, and checks that
-each class of bad input comes back as its specific error (and the server keeps serving)."""
+with gradio_client. Runs a sequence, exports every format and reads it back, checks that each
+class of bad input comes back as its specific error, fuzzes every parameter of every endpoint
+(the server keeps serving, never with a generic error), and that the Mechanism tab offers the
+checkpoint the app was started with."""
 import concurrent.futures as cf
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.app_load import start_app, stop
+from bench.app_load import raw_call, start_app, stop
+from tasks import INDUCTION
 from tests.conftest import call
 
 LAYERS = ["layer 1", "layer 2"]
+TRAINED, ANALYTIC = "induction-2layer.safetensors", "analytic-2layer.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +53,19 @@ def test_run_returns_the_charts_and_the_summary(client, paper_text, checkpoint):
     assert plot["type"] == "altair"
     spec = plot["plot"]
     assert '"time_range"' in spec and "delta_1" in spec and "norm_2" in spec
-    assert "L = 256" in summary and "memory **M =" in summary
+    assert "L = 256" in summary and "memory M = **" in summary
 
 
 def test_generator_presets_and_quick_edits(client, paper_text):
-    from viz.sequences import parse_tokens, task_positions
+    parse, positions = INDUCTION.parse, INDUCTION.positions
     out = call(client, "Two triggers", api_name="/preset")
-    assert out[0] == 256 and out[4] in (2, "2") and len(task_positions(parse_tokens(out[7])).triggers) == 2
-    edited = parse_tokens(call(client, paper_text, 11, api_name="/set_memory"))
-    assert task_positions(edited).target == 11
-    moved = parse_tokens(call(client, paper_text, 5, api_name="/move_trigger"))
-    assert task_positions(moved).triggers[0] == 5 and len(moved) == 256
+    assert out[0] == 256 and out[4] in (2, "2") and len(positions(parse(out[7])).markers) == 2
+    edited = parse(call(client, paper_text, 11, api_name="/set_memory"))
+    assert positions(edited).targets == (11,)
+    moved = parse(call(client, paper_text, 5, api_name="/move_trigger"))
+    assert positions(moved).markers[0] == 5 and len(moved) == 256
     long_text = call(client, 16384, -1, -1, 1, 1, False, 0, api_name="/generate")
-    assert len(parse_tokens(long_text)) == 16384 and len(long_text) > 30000
+    assert len(parse(long_text)) == 16384 and len(long_text) > 30000
     plot, summary = call(client, *view_args(long_text), api_name="/run")
     assert "binned by **64** steps" in summary and "max over 64-step bins" in plot["plot"]
 
@@ -72,6 +77,8 @@ def test_export_safetensors_reads_back(client, paper_text, checkpoint):
     assert " ".join("S" if t == 16 else str(t) for t in tr.tokens.tolist()) == paper_text
     assert tr.meta["checkpoint_sha256"] == checkpoint[1] == hashlib.sha256(checkpoint[0].read_bytes()).hexdigest()
     assert tr.meta["config"]["d_model"] == 64 and len(tr.layers) == 2
+    # the file name only: a server's paths must not leak into exports
+    assert tr.meta["checkpoint"] == checkpoint[0].name and str(checkpoint[0].parent) not in json.dumps(tr.meta)
     assert tr.layers[1].delta.shape == (256, 128) and tr.probs.shape == (256, 17)
 
 
@@ -95,7 +102,7 @@ def test_export_html_holds_the_chart_specs(client, paper_text):
 
 
 @pytest.mark.parametrize("args, api, message", [
-    (view_args("3 7 x 1 S"), "/run", "token 3 ('x') is not an integer or S"),
+    (view_args("3 7 x 1 S"), "/run", "token 3 ('x') is not a whole number or S"),
     (view_args("3 70 1 S"), "/run", "token id 70 is out of range 0..16"),
     (view_args("   "), "/run", "the sequence is empty"),
     (view_args("1 " * 65537), "/run", "over the cap of 65,536"),
@@ -107,7 +114,10 @@ def test_export_html_holds_the_chart_specs(client, paper_text):
     ((256, 300, -1, 0, 1, False, 0), "/generate", "trigger_pos 300 must be in 0..253"),
     ((256, 5, -1, 0, 2, False, 0), "/generate", "a fixed trigger position goes with exactly one trigger"),
     ((100, -1, -1, 0, 2, False, 0), "/generate", None),                       # valid: two triggers
-    (("1 2 x",), "/export_safetensors", "token 3 ('x') is not an integer or S"),
+    ((256, -1, -1, 2 ** 64, 1, False, 0), "/generate", "seed 18446744073709551616 is out of range 0..2^63-1"),
+    (view_args("1 2 S 3 S", sort="random"), "/run", "unknown channel order 'random'; choose one of"),
+    (("1 99999999999999999999 S",), "/export_safetensors", "token id 99999999999999999999 is out of range 0..16"),
+    (("1 2 x",), "/export_safetensors", "token 3 ('x') is not a whole number or S"),
 ])
 def test_bad_input_gives_the_specific_error(client, args, api, message):
     from gradio_client.exceptions import AppError
@@ -142,6 +152,71 @@ def test_light_load_no_errors(server, paper_text):
     assert all("L = 256" in s for r in results for s in r)
 
 
+# ---------------------------------------------------------------- the Mechanism tab on the app's own checkpoint
+def test_mechanism_tab_offers_the_checkpoint_the_app_was_started_with(client, paper_text):
+    """The server runs a checkpoint outside checkpoints/ (MAMBASCOPE_CHECKPOINT): the Mechanism
+    tab lists it beside the folder's files and runs it."""
+    own = "e2e.safetensors (loaded at start)"
+    md, plot_a, _ = call(client, paper_text, own, ANALYTIC, api_name="/compare")
+    assert f"| **{own}** |" in md and f"| **{ANALYTIC}** |" in md
+    assert plot_a["type"] == "altair" and own in plot_a["plot"]
+    plot = call(client, paper_text, own, "layer 1", "5", api_name="/hidden_attention")
+    assert "layer 1, channel 5" in plot["plot"]
+
+
+# ---------------------------------------------------------------- every parameter of every endpoint, fuzzed
+def test_non_finite_numbers_in_whole_number_fields(server):
+    """NaN, inf and 1e400 as raw JSON (gradio_client refuses to send them) name their field."""
+    cases = [("/run", '["1 2 S 3 S", "index", NaN, null, null, ["layer 1"], "max"]',
+              "time bins must be a finite whole number, got nan"),
+             ("/generate", '[256, -1, -1, 1e400, 1, false, 0]', "seed must be a finite whole number, got inf"),
+             ("/export_csv", '["1 2 S 3 S", -Infinity, null, false]', "window from t must be a finite whole number"),
+             ("/set_memory", '["1 2 S 3 S", 1e400]', "memory token must be a finite whole number, got inf")]
+    for api, data, message in cases:
+        kind, got = raw_call(server[0], api, '{"data": %s}' % data)
+        assert kind == "error" and got is not None and message in got, (api, got)
+
+
+SHORT = "1 2 S 5 3 4 3 S"
+VIEW = [("tokens", SHORT), ("channel_sort", "index"), ("max_bins", 64), ("t_from", None), ("t_to", None),
+        ("layers", LAYERS), ("bin_stat", "max")]
+ENDPOINTS = {   # endpoint -> its parameters with a valid value each
+    "/run": VIEW,
+    "/generate": [("length", 64), ("trigger_pos", -1), ("memory", -1), ("seed", 0), ("n_triggers", 1),
+                  ("filler_excludes_memory", False), ("memory_in_filler_every", 0)],
+    "/preset": [("name", "Two triggers")],
+    "/set_memory": [("tokens", SHORT), ("memory", 3)],
+    "/move_trigger": [("tokens", SHORT), ("position", 1)],
+    "/export_safetensors": [("tokens", SHORT)],
+    "/export_csv": [("tokens", SHORT), ("t_from", None), ("t_to", None), ("all_quantities", False)],
+    "/export_html": VIEW,
+    "/compare": [("tokens", SHORT), ("checkpoint_a", TRAINED), ("checkpoint_b", ANALYTIC)],
+    "/hidden_attention": [("tokens", SHORT), ("checkpoint", ANALYTIC), ("layer", "layer 2"), ("channel", "3")],
+    "/intervene": [("tokens", SHORT), ("checkpoint", ANALYTIC), ("kind", "clamp Δ"), ("layer", "layer 2"),
+                   ("channels", "3"), ("timestep", None), ("until", None), ("value", 0.0)],
+}
+# None, a huge number, NaN, 1e400 (inf once parsed), text in a numeric field / an unknown choice,
+# 200k characters: sent as raw JSON, as any HTTP client can
+HUGE_FLOAT = "__1e400__"
+BAD = [None, 10 ** 30, float("nan"), HUGE_FLOAT, "abc", "x" * 200_000]
+
+
+@pytest.mark.parametrize("api", list(ENDPOINTS))
+def test_fuzzing_every_parameter_gives_success_or_a_specific_error(server, api):
+    params = ENDPOINTS[api]
+    body = lambda args: json.dumps({"data": args}).replace(f'"{HUGE_FLOAT}"', "1e400")   # noqa: E731
+    assert raw_call(server[0], api, body([v for _, v in params]))[0] == "complete"      # the valid call works
+    failures = []
+    for i, (name, _) in enumerate(params):
+        for bad in BAD:
+            args = [v for _, v in params]
+            args[i] = bad
+            kind, got = raw_call(server[0], api, body(args))
+            if kind == "error" and (not got or "x" * 61 in got or len(got) > 1000):
+                failures.append(f"{api} {name}={str(bad)[:12]!r}: {str(got)[:200]!r}")
+    assert not failures, "\n".join(failures)
+
+
 def test_server_log_has_no_traceback(server, client):
     assert "Traceback" not in server[1].read_text()
 
@@ -150,22 +225,72 @@ def test_server_log_has_no_traceback(server, client):
 def test_missing_or_unreadable_checkpoint_gives_a_clear_error(tmp_path, capsys):
     import gradio as gr
 
-    import app
-    missing = app.load_model(str(tmp_path / "nope.safetensors"))
+    import app  # noqa: F401  (loads the model and lays out the app, as `python app.py` does)
+    from ui import common, explore
+    missing = common.load_model(str(tmp_path / "nope.safetensors"))
     assert missing.lm is None and "checkpoint not found" in missing.error
     assert "Traceback" not in capsys.readouterr().err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x80\x04not a checkpoint")
-    bad = app.load_model(str(junk))
+    bad = common.load_model(str(junk))
     assert bad.lm is None and "pickle" in bad.error
-    saved = app.MODEL
+    saved = common.MODEL
     try:
-        app.MODEL = bad
+        common.MODEL = bad
         with pytest.raises(gr.Error, match="no model is loaded: .*pickle"):
-            app.show("1 2 S 3 S", "index", 256, None, None, LAYERS, "max")
+            explore.show("1 2 S 3 S", "index", 256, None, None, LAYERS, "max")
     finally:
-        app.MODEL = saved
-    # the default checkpoint may be absent: then an untrained model, and the banner says so
-    fresh = app.load_model(None) if not app.DEFAULT_CHECKPOINT.exists() else None
-    if fresh is not None:
-        assert fresh.lm is not None and "Untrained model" in fresh.status
+        common.MODEL = saved
+
+
+def test_a_missing_default_checkpoint_starts_a_fresh_model_and_says_so(tmp_path):
+    """The default checkpoint may be absent (it is being trained): the app then runs a seeded,
+    freshly initialised model, its banner says so, and the views work on it."""
+    import app  # noqa: F401
+    from ui import common, explore
+    fresh = common.load_model(None, default=tmp_path / "absent.safetensors")
+    assert fresh.lm is not None and fresh.error is None
+    assert "Untrained model" in fresh.status and "absent.safetensors` is not found" in fresh.status
+    assert fresh.label == "untrained model (seed 0)" and fresh.path is None
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    assert "is unreadable" in common.load_model(None, default=junk).status
+    saved = common.MODEL
+    try:
+        common.MODEL = fresh
+        chart, summary = explore.show("1 2 S 3 S", "index", 256, None, None, LAYERS, "max")
+        assert "L = 5" in summary and chart.to_dict()["title"]["text"].startswith("untrained model (seed 0)")
+        from ui import mechanism
+        assert "untrained model (seed 0) (loaded at start)" in mechanism.checkpoint_names()
+    finally:
+        common.MODEL = saved
+
+
+# ---------------------------------------------------------------- python -m ui.export, in-process
+def test_batch_export_cli_writes_every_format(checkpoint, tmp_path, capsys):
+    from model import Trace
+    from tasks.induction import Generator
+    from ui import export
+    out = tmp_path / "out"
+    rc = export.main(["--out", str(out), "--checkpoint", str(checkpoint[0]), "--n", "2", "--length", "64",
+                      "--seed", "7", "--formats", "safetensors,csv,html", "--max-bins", "16"])
+    assert rc == 0 and "wrote 2 traces" in capsys.readouterr().out
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["checkpoint_sha256"] == checkpoint[1] and settings["generator"]["seed"] == "7 + i"
+    for i in range(2):
+        tr = Trace.load(out / f"seq{i:05d}.safetensors")
+        assert tr.tokens.tolist() == INDUCTION.realize(Generator(length=64, seed=7 + i)).tolist()
+        with gzip.open(out / f"seq{i:05d}.csv.gz", "rt") as fh:
+            assert len(pd.read_csv(fh)) == 64 * (2 * 2 * 128 + 17)
+        assert '"time_range"' in (out / f"seq{i:05d}.html").read_text(encoding="utf-8")
+    seqs = tmp_path / "seqs.txt"
+    seqs.write_text("# two sequences\n1 2 S 3 S\n\n4 x S\n")
+    assert export.main(["--out", str(tmp_path / "bad"), "--sequences", str(seqs), "--checkpoint",
+                        str(checkpoint[0])]) == 2
+    assert "seqs.txt line 4: token 2 ('x') is not a whole number or S" in capsys.readouterr().err
+
+
+def test_batch_export_cli_every_flag_has_help():
+    from ui import export
+    flags = [a for a in export.parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) == 16 and all(a.help for a in flags), [a.dest for a in flags if not a.help]

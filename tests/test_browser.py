@@ -192,7 +192,7 @@ def test_readout_shows_the_cell_under_the_pointer_and_the_image_its_colour(page)
 def test_bad_input_shows_its_error_and_keeps_the_text(page):
     page.fill("#tokens textarea", "1 2 x 4")
     page.click("#run")
-    page.get_by_text("token 3 ('x') is not an integer or S").first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("token 3 ('x') is not a whole number or S").first.wait_for(timeout=TIMEOUT_MS)
     assert page.input_value("#tokens textarea") == "1 2 x 4"
 
 

@@ -162,7 +162,7 @@ def test_untied_head_is_refused(saved, tmp_path):
 def test_unsupported_architecture(saved, tmp_path):
     def edit(m):
         c = json.loads(m["config"])
-        c["ssm_cfg"]["layer"] = "Mamba2"
+        c["ssm_cfg"]["layer"] = "Mamba3"
         m["config"] = json.dumps(c)
     with pytest.raises(CheckpointError, match="only Mamba1"):
         load_checkpoint(_rewrite(saved[1], tmp_path, edit_meta=edit))

@@ -1,5 +1,5 @@
 """The shipped induction-heads checkpoint works; the training loop and the evaluation table do what
-they say (model/train.py, model/eval.py)."""
+they say (training/train.py, training/eval.py)."""
 import json
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
-from model.data import induction_batch, task_metadata
-from model.eval import count_correct, evaluate, main as eval_main, markdown_table
-from model.train import TrainConfig, train
+from tasks import INDUCTION
+from training.eval import count_correct, evaluate, main as eval_main, markdown_table
+from training.train import TrainConfig, train
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "induction-2layer.safetensors"
 TEST_SEED = 424242   # never used in training (training data is seeded by --seed, validation by 1_000_003 + L)
@@ -25,18 +25,19 @@ def shipped():
 
 @pytest.mark.parametrize("length, floor", [(256, 0.996), (1024, 0.99)])
 def test_shipped_checkpoint_solves_the_task(shipped, length, floor):
-    correct = count_correct(shipped, length, 512, seed=TEST_SEED + length)
-    assert correct / 512 >= floor, f"{correct}/512 right at L={length}, need >= {floor:.1%}"
+    correct, total = count_correct(shipped, length, 512, seed=TEST_SEED + length)
+    assert total == 512 and correct / 512 >= floor, f"{correct}/512 right at L={length}, need >= {floor:.1%}"
 
 
 @pytest.mark.parametrize("pos", [0, 1, 200, 251, 252, 253])
 def test_shipped_checkpoint_at_the_edges(shipped, pos):
     """The rare placements: memory at the start, or right before the query (inside its conv window,
     p = L-3 has probability 1/254 in training; an under-trained run got 7% there)."""
-    b = induction_batch(128, 256, seed=TEST_SEED + pos, trigger_pos=pos)
+    b = INDUCTION.batch(128, 256, seed=TEST_SEED + pos, trigger_pos=pos)
     with torch.no_grad():
-        pred = shipped(b.tokens, num_last_tokens=1)[:, -1].argmax(-1)
-    assert (pred == b.target).float().mean() >= 0.99, f"trigger at {pos}: {(pred == b.target).sum()}/128"
+        pred = shipped(torch.from_numpy(b.tokens), num_last_tokens=1)[:, -1].argmax(-1)
+    right = pred == torch.from_numpy(b.target)
+    assert right.float().mean() >= 0.99, f"trigger at {pos}: {right.sum()}/128"
 
 
 def test_shipped_checkpoint_metadata(shipped):
@@ -51,7 +52,7 @@ def test_the_accuracy_test_can_fail():
     """An untrained model must score near chance (1/16) on the same check."""
     torch.manual_seed(0)
     lm = MambaLM(MambaConfig()).eval()
-    assert count_correct(lm, 256, 256, seed=TEST_SEED) / 256 < 0.25
+    assert count_correct(lm, 256, 256, seed=TEST_SEED)[0] / 256 < 0.25
 
 
 # --- training loop ------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 def test_dilation_scales_every_decay():
     """--dilation-max: A_log + log k is A -> k·A, with gradients reaching A_log."""
-    from model.train import dilated_params
+    from training.train import dilated_params
     torch.manual_seed(0)
     lm = MambaLM(MambaConfig())
     p = dilated_params(lm, 8.0)
@@ -131,7 +132,7 @@ def test_evaluate_counts_right_and_wrong():
 def test_eval_cli_prints_table_and_json(tmp_path, capsys):
     torch.manual_seed(0)
     path = tmp_path / "m.safetensors"
-    save_checkpoint(MambaLM(MambaConfig()), path, task=task_metadata(256))
+    save_checkpoint(MambaLM(MambaConfig()), path, task=INDUCTION.metadata(256))
     eval_main(["--checkpoint", str(path), "--lengths", "16,32", "--samples", "4", "--no-progress"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| L |") and len(lines) == 4 and lines[3].startswith("| 32 | 5 | 4 |")
@@ -139,11 +140,34 @@ def test_eval_cli_prints_table_and_json(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert [r["length"] for r in doc["results"]] == [16, 32] and doc["results"][0]["samples"] == 4
     lm = load_checkpoint(path)
-    want = count_correct(lm, 32, 4, seed=0 + 32)
+    want, _ = count_correct(lm, 32, 4, seed=0 + 32)
     assert doc["results"][1]["correct"] == want
 
 
 def test_eval_batches_long_inputs_within_memory():
-    from model.eval import batch_size_for
+    from training.eval import batch_size_for
     assert batch_size_for(1 << 20, 16) == 16 and batch_size_for(256, 512) == 512
     assert batch_size_for(1 << 20, 64, tokens_per_batch=1 << 16) == 8
+
+
+# --- the other tasks through the same loop ------------------------------------------------------
+
+@pytest.mark.parametrize("task, options, length, d_model", [("selective_copying", "", 20, 32),
+                                                            ("mqar", '{"n_pairs": 2}', 12, 16)])
+def test_training_and_eval_on_multi_query_tasks(tmp_path, task, options, length, d_model):
+    cfg = TrainConfig(task=task, task_options=options, seed=1, steps=3, batch=2, train_len=length, eval_every=3,
+                      val=f"{length}:4", stop_after=100, out=str(tmp_path), threads=1, log_every=1, d_model=d_model)
+    summary = train(cfg, progress=False)
+    lm = load_checkpoint(tmp_path / "model.safetensors")
+    assert summary["step"] == 3 and lm.task["name"] == task and lm.config.vocab_size == cfg.the_task.vocab_size
+    (r,) = evaluate(lm, [length], samples=5, progress=False, task=cfg.the_task, options=cfg.options())
+    k = 16 if task == "selective_copying" else 2
+    assert r.samples == 5 and r.queries == 5 * k and 0 <= r.correct <= r.queries
+    assert markdown_table([r]).splitlines()[0] == "| L | log2 L | samples | queries | correct | accuracy |"
+
+
+def test_bad_training_flags_are_named():
+    with pytest.raises(ValueError, match="unknown task 'copy'"):
+        TrainConfig(task="copy")
+    with pytest.raises(ValueError, match="ssm_cfg must be a JSON object"):
+        TrainConfig(ssm_cfg="[1]")

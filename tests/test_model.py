@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model import MambaConfig, MambaLM
+from model import LayerState, MambaConfig, MambaLM
+from model.mamba import MambaMixer, mixer_class
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,36 @@ def test_mamba_ssm_initialisation():
     dt = torch.nn.functional.softplus(m.dt_proj.bias)
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
     assert m.dt_proj.weight.abs().max() <= 4 ** -0.5
+
+
+def test_A_is_minus_exp_A_log_in_fp32(lm):
+    m = lm.backbone.layers[1].mixer
+    assert m.A.dtype == torch.float32 and m.A.shape == (128, 16)
+    assert torch.equal(m.A, -torch.exp(m.A_log.float()))
+    assert torch.allclose(m.A, -torch.arange(1, 17.0).repeat(128, 1))   # the S4D-real init: A = -(1..N)
+
+
+def test_the_block_picks_the_mixer_by_layer(lm):
+    assert mixer_class("Mamba1") is MambaMixer
+    assert all(type(b.mixer) is MambaMixer for b in lm.backbone.layers)
+    two = MambaLM(MambaConfig(ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 16}))
+    assert all(type(b.mixer) is mixer_class("Mamba2") and b.mixer.unit == "head" for b in two.backbone.layers)
+    with pytest.raises(ValueError, match="unknown mixer layer 'S4'"):
+        mixer_class("S4")
+
+
+def test_init_states_are_zeros_and_start_a_sequence(lm):
+    states = lm.init_states(3)
+    assert len(states) == 2 and all(isinstance(s, LayerState) for s in states)
+    assert states[0].conv.shape == (3, 128, 3) and states[0].ssm.shape == (3, 128, 16)
+    assert states[0].ssm.dtype == torch.float32
+    assert all(not s.conv.any() and not s.ssm.any() for s in states)
+    tokens = torch.randint(0, 17, (3, 20))
+    with torch.no_grad():
+        a, sa = lm.forward_stream(tokens)
+        b, sb = lm.forward_stream(tokens, lm.init_states(3))
+    assert (a - b).abs().max() < 1e-6
+    assert all((x.ssm - y.ssm).abs().max() < 1e-6 for x, y in zip(sa, sb))
 
 
 @pytest.mark.parametrize("t", [0, 5, 100, 255])

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from kernels import selective_scan
-from model import MambaConfig, MambaLM, Trace
+from kernels import default_backend, selective_scan
+from model import RECORDABLE, MambaConfig, MambaLM, Trace, load_checkpoint, run, save_checkpoint, trace
+from model.interventions import ClampDelta
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_safetensors_round_trip_is_lossless(lm, tmp_path):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert np.array_equal(tr.tokens, back.tokens) and np.array_equal(tr.probs, back.probs)
     assert back.meta["config"] == tr.meta["config"]
-    assert back.meta["backend"] == "cpu" and back.meta["version"]     # the default CPU backend
+    assert back.meta["backend"] == default_backend(lm.device) and back.meta["version"]
     with safe_open(str(path), framework="numpy") as f:
         keys = set(f.keys())
     assert {"blocks.0.hook_delta", "blocks.1.hook_B", "blocks.1.hook_C", "blocks.0.hook_h",
@@ -123,3 +124,41 @@ def test_every_subset_records_the_same_values_and_logits(lm, include):
     for a, b in zip(full.layers, part.layers):
         for q in include:
             assert np.abs(getattr(a, q) - getattr(b, q)).max() <= 1e-5 * np.abs(getattr(a, q)).max(), q
+
+
+def test_meta_names_the_checkpoint_file_not_its_path(lm, tmp_path):
+    path = tmp_path / "secret-dir" / "m.safetensors"
+    path.parent.mkdir()
+    save_checkpoint(lm, path)
+    tr = load_checkpoint(path).trace([1, 2, 3])
+    assert tr.meta["checkpoint"] == "m.safetensors" and "checkpoint_path" not in tr.meta
+    assert "secret-dir" not in repr(tr.meta)
+    assert tr.meta["units"] == "channel" and tr.units == "channel"
+    assert lm.trace([1, 2]).meta["checkpoint"] == ""              # an unsaved model
+    two = MambaLM(MambaConfig(ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 16})).eval()
+    tr2 = two.trace([1, 2, 3], include=("delta",))
+    assert tr2.units == "head" and tr2.layers[0].delta.shape == (3, 8)   # H = 128 / 16 heads
+
+
+def test_old_traces_with_a_checkpoint_path_still_load(lm, tmp_path):
+    tr = lm.trace([1, 2, 3])
+    del tr.meta["checkpoint"], tr.meta["units"]
+    tr.meta["checkpoint_path"] = "/srv/private/runs/best.safetensors"
+    tr.save(tmp_path / "old.safetensors")
+    back = Trace.load(tmp_path / "old.safetensors")
+    assert back.meta["checkpoint"] == "best.safetensors" and "checkpoint_path" not in back.meta
+    assert back.units == "channel"                                  # every trace before "units" was Mamba-1
+    assert np.array_equal(back.layers[0].delta, tr.layers[0].delta)
+
+
+def test_trace_with_interventions_is_run_with_them(lm):
+    tokens = torch.randint(0, 17, (60,), generator=torch.Generator().manual_seed(3))
+    ivs = [ClampDelta(0, [3, 7], from_t=20, to_t=30, value=0.5)]
+    tr = trace(lm, tokens, interventions=ivs, chunk_len=16)
+    res = run(lm, tokens[None], ivs, include=RECORDABLE, chunk_len=16)
+    assert np.array_equal(tr.logits, res.logits[0].numpy())
+    assert np.array_equal(tr.layers[0].delta, res.records[0]["delta"][0].numpy())
+    assert np.all(tr.layers[0].delta[20:30, [3, 7]] == 0.5)
+    assert tr.meta["interventions"] == [{"kind": "ClampDelta", "layer": 0, "channels": [3, 7], "from_t": 20,
+                                         "value": 0.5, "to_t": 30}]
+    assert "interventions" not in lm.trace(tokens).meta

@@ -1,4 +1,5 @@
-"""viz/: token parsing and edits, time binning, tidy frames, chart specs, the tidy CSV.
+"""viz/: time binning, token roles, tidy frames, the Δ ratio as the charts show it, chart specs,
+the tidy CSV. (The text box, edits and presets are tasks/: tests/test_tasks.py.)
 
 Synthetic traces (random arrays with the real shapes) keep these fast; one test runs the model.
 """
@@ -9,19 +10,20 @@ import re
 import subprocess
 import sys
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import pytest
 
-from viz import charts, frames, sequences, tables
+from tasks import INDUCTION, Positions, Task
+from tasks.induction import TRIGGER
+from tasks.measures import unit_order
+from viz import charts, frames, inline, summary, tables
 from viz.frames import TraceView
-from viz.sequences import TRIGGER, TokenError
 
 D, N_LAYER, V = 128, 2, 17
 
 
-def fake_view(L=256, seed=0, mem_pos=None, query=True, label="test"):
+def fake_view(L=256, seed=0, mem_pos=None, query=True, label="test", task=INDUCTION):
     """A TraceView with the real shapes: S at mem_pos-1, M at mem_pos, S at the end."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, 16, L)
@@ -33,7 +35,8 @@ def fake_view(L=256, seed=0, mem_pos=None, query=True, label="test"):
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     delta = [rng.gamma(2.0, 0.05, size=(L, D)).astype(np.float32) for _ in range(N_LAYER)]
     norm = [rng.gamma(2.0, 1.0, size=(L, D)).astype(np.float32) for _ in range(N_LAYER)]
-    return TraceView(tokens=tokens, probs=probs.astype(np.float32), delta=delta, state_norm=norm, label=label)
+    return TraceView(tokens=tokens, probs=probs.astype(np.float32), delta=delta, state_norm=norm, task=task,
+                     label=label)
 
 
 # ---------------------------------------------------------------- spec helpers
@@ -98,72 +101,48 @@ def image_of(spec, unit):
 
 
 # ---------------------------------------------------------------- layering
-def test_viz_imports_neither_torch_nor_gradio():
-    code = ("import sys, viz, viz.charts, viz.frames, viz.tables, viz.sequences, viz.summary; "
-            "bad = [m for m in ('torch', 'gradio') if m in sys.modules]; assert not bad, bad")
+def test_viz_imports_neither_torch_nor_gradio_nor_the_model():
+    code = ("import sys, viz, viz.charts, viz.frames, viz.hover, viz.inline, viz.raster, viz.tables, viz.summary, "
+            "viz.mechanism; bad = [m for m in ('torch', 'gradio', 'model', 'analysis', 'ui') if m in sys.modules]; "
+            "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_trigger_matches_the_task_definition():
-    from model import data
-    assert sequences.TRIGGER == data.TRIGGER and sequences.CONTENT_VOCAB == data.CONTENT_VOCAB
+class ToyTask(Task):
+    """Not the induction task: 5 tokens, the cue Q at 0 and at the end, the token after the first
+    Q stored and asked for at the end. viz must draw it from the task alone."""
+    name, vocab_size, labels, roles = "toy", 5, ("a", "b", "c", "d", "Q"), ("noise", "store", "cue")
+
+    def positions(self, tokens):
+        L = len(tokens)
+        return Positions(writes=(1,), queries=(L - 1,), targets=(int(tokens[1]),), markers=(0,))
 
 
-# ---------------------------------------------------------------- the text box
-def test_parse_and_format_round_trip():
-    ids = sequences.parse_tokens("3 7,1  S s,16\n9")
-    assert ids.tolist() == [3, 7, 1, 16, 16, 16, 9]
-    assert sequences.format_tokens(ids) == "3 7 1 S S S 9"
-    assert sequences.parse_tokens(sequences.format_tokens(ids)).tolist() == ids.tolist()
-
-
-@pytest.mark.parametrize("text, message", [
-    ("1 2 x 4", "token 3 ('x') is not an integer or S"),
-    ("1 2.5", "token 2 ('2.5') is not an integer or S"),
-    ("1 70 3", "token id 70 is out of range 0..16"),
-    ("-1", "token id -1 is out of range 0..16"),
-    ("", "the sequence is empty"),
-    (" , ,\n", "the sequence is empty"),
-    ("1 " * (sequences.MAX_LEN + 1), f"over the cap of {sequences.MAX_LEN:,}"),
-])
-def test_parse_errors_name_the_token_and_the_rule(text, message):
-    with pytest.raises(TokenError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        sequences.parse_tokens(text)
-
-
-def test_task_positions():
-    pos = sequences.task_positions(np.array([1, 16, 5, 2, 16, 9, 3, 16]))
-    assert (pos.query, pos.triggers, pos.memory_pos, pos.target) == (7, [1, 4], [2, 5], 5)
-    assert sequences.task_positions(np.array([1, 2, 3])).target is None
-
-
-def test_quick_edits():
-    t = np.array([4, 16, 5, 2, 3, 8, 16])
-    assert sequences.set_memory_token(t, 11).tolist() == [4, 16, 11, 2, 3, 8, 16]
-    moved = sequences.move_trigger(t, 3)
-    assert moved.tolist() == [4, 2, 3, 16, 5, 8, 16]            # filler order kept, length kept
-    assert sequences.move_trigger(t, 0).tolist() == [16, 5, 4, 2, 3, 8, 16]
-    with pytest.raises(TokenError, match="trigger position 5 is out of range 0..4"):
-        sequences.move_trigger(t, 5)
-    with pytest.raises(TokenError, match="no trigger"):
-        sequences.set_memory_token(np.array([1, 2, 16]), 3)
-
-
-def test_presets_realise_what_they_say():
-    from model.data import induction_batch
-    got = {name: sequences.realize(g, induction_batch) for name, g in sequences.PRESETS.items()}
-    pos = {k: sequences.task_positions(v) for k, v in got.items()}
-    assert len(got["Paper setup (L=256)"]) == 256 and len(pos["Paper setup (L=256)"].triggers) == 1
-    assert len(got["Long: 16384 tokens"]) == 16384
-    assert pos["No trigger before the query"].triggers == [] and pos["No trigger before the query"].query == 255
-    assert len(pos["Two triggers"].triggers) == 2
-    m = pos["Memory token also in the filler"]
-    assert (got["Memory token also in the filler"] == m.target).sum() >= 10
-    # a chosen memory token relabels the sequence: M sits after the trigger, filler keeps its statistics
-    g = sequences.Generator(length=64, memory=9, seed=5, filler_excludes_memory=True)
-    t = sequences.realize(g, induction_batch)
-    p = sequences.task_positions(t)
-    assert p.target == 9 and (t == 9).sum() == 1
+def test_the_charts_draw_any_task_from_its_labels_and_roles():
+    task = ToyTask()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 4, 200)
+    tokens[0] = tokens[-1] = 4
+    tokens[1] = 2                                                  # the stored token: 'c'
+    probs = np.full((200, 5), 0.1)
+    probs[-1, 2] = 0.6                                             # correct at the query
+    v = TraceView(tokens=tokens, probs=probs, delta=[rng.gamma(2.0, 0.05, (200, 8))],
+                  state_norm=[rng.random((200, 8))], task=task, d_conv=2)
+    spec = charts.dashboard(v, max_bins=16).to_dict()
+    pred = heatmaps(spec, "Predictions")[0]
+    assert pred["encoding"]["y"]["sort"] == list(task.labels) and pred["height"] == 5 * charts.VOCAB_PX
+    assert set(unit_frame(spec, pred).predicted) == set(task.labels)
+    strip = unit_frame(spec, heatmaps(spec, "Tokens")[0])
+    assert strip.role.iloc[0] == "cue" and strip.role.iloc[-1] == "query: correct"      # binned: top role wins
+    assert strip.token.iloc[0].startswith("13 tokens, 1×Q") and strip.token.iloc[-1].endswith("1×Q")
+    assert [t for t in units(spec) if t.get("name") == "tokens"][0]["encoding"]["color"]["scale"]["domain"] == \
+        ["noise", "store", "cue", "query: correct", "query: wrong"]
+    lines = [u for u in units(spec) if u.get("name") == "p_lines"]
+    assert "p(target c)" in set(unit_frame(spec, lines[0]).series)
+    text = summary.describe(v)
+    assert "cue at t = 0, store = **c** at t = 1" in text and "top-1 **c**" in text and "**correct**" in text
+    # the Δ ratio uses the view's d_conv: write window [1, 3)
+    assert v.windows.write == (1, 3) and "max Δ, write t = 1..2" in json.dumps(spec, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- binning
@@ -206,17 +185,42 @@ def test_heatmap_frame_rows_and_values():
     assert list(f1.columns) == ["t", "channel", "max"] and len(f1) == 1000 * D
 
 
-def test_delta_ratio_and_channel_order():
+def test_delta_ratio_is_the_tasks_definition_and_orders_the_channels():
+    """The dashboard's Δ ratio is tasks.measures': max Δ over the write window [w, w + d_conv)
+    over the median Δ of the filler after it (up to the query)."""
     v = fake_view(L=300, mem_pos=41)
-    v.delta[0][41, 5] = 100.0                                        # channel 5 writes at the memory position
-    r = frames.delta_ratio(v.delta[0], 41)
-    med = np.median(np.delete(v.delta[0], 41, axis=0), axis=0)
-    assert np.allclose(r["ratio"], v.delta[0][41] / med, rtol=1e-6)
-    order = frames.channel_order(r, D, "ratio")
+    v.delta[0][43, 5] = 100.0                                        # channel 5 writes 2 steps after M
+    assert (v.windows.write, v.windows.filler) == ((41, 45), (45, 299))
+    r = v.ratios[0]
+    want = v.delta[0][41:45].max(0) / np.median(v.delta[0][45:299], axis=0)
+    assert np.allclose(r.ratio, want, rtol=1e-6) and r.write_step[5] == 43
+    order = unit_order(r.ratio, D, "ratio")
     assert order[0] == 5 and sorted(order) == list(range(D))
-    assert (np.diff(r["ratio"].to_numpy()[order]) <= 0).all()
-    assert frames.channel_order(r, D, "index") == list(range(D))
-    assert frames.delta_ratio(v.delta[0], None) is None
+    assert (np.diff(r.ratio[order]) <= 0).all()
+    assert fake_view(L=100, mem_pos=None).ratios is None
+    assert fake_view(L=300, mem_pos=41).ratios[0].ratio.shape == (D,)
+
+
+def test_d_conv_comes_from_the_trace_metadata():
+    assert frames.trace_d_conv({"config": {"ssm_cfg": {"d_conv": 2}}}) == 2
+    assert frames.trace_d_conv({"config": {"ssm_cfg": {}}}) == frames.trace_d_conv({}) == 4
+    v = fake_view(L=100, mem_pos=20)
+    v2 = TraceView(tokens=v.tokens, probs=v.probs, delta=v.delta, state_norm=v.state_norm, task=INDUCTION, d_conv=2)
+    assert v.windows.write == (20, 24) and v2.windows.write == (20, 22)
+
+
+def test_token_roles_and_the_query_score():
+    v = fake_view(L=50, mem_pos=10)
+    v.probs[49] = 0.0
+    v.probs[49, 7] = 1.0                                              # top-1 at the query is M = 7
+    names = np.array(frames.role_names(INDUCTION))[frames.roles(v)]
+    assert (names[9], names[10], names[49]) == ("trigger S", "memory M", "query: correct")
+    assert set(names[:9]) == {"filler"}
+    w = fake_view(L=50, mem_pos=10)
+    w.probs[49] = 0.0
+    w.probs[49, 3] = 1.0
+    assert frames.role_names(INDUCTION)[frames.roles(w)[49]] == "query: wrong"
+    assert w.score.correct == 0 and v.score.correct == 1
 
 
 # ---------------------------------------------------------------- chart specs
@@ -325,7 +329,7 @@ def test_channel_sort_order_is_the_same_in_the_heatmaps_and_the_ratio_bars():
     bars = [u["encoding"]["y"]["sort"] for u in units(spec)
             if u.get("encoding", {}).get("y", {}).get("field") == "channel"]
     assert len(bars) == N_LAYER                                        # the ratio bars per layer
-    want = frames.channel_order(frames.delta_ratio(v.delta[0], 50), D, "ratio")
+    want = unit_order(v.ratios[0].ratio, D, "ratio")
     assert bars[0][0] == 77 and bars[0] == want
     for name in ("delta_1", "norm_1"):
         assert [int(c) for c in cells(spec, name, "order")] == want
@@ -354,7 +358,7 @@ def test_dashboard_rejects_bad_settings(kwargs, message):
 
 def test_inline_csv_quotes_text_and_keeps_every_row():
     f = pd.DataFrame({"t": [0, 1, 2], "token": ['64 tokens, 1×S', 'a"b', "S"], "v": [0.123456, 1e-7, 3.0]})
-    back = pd.read_csv(io.StringIO(charts.csv_text(f)))
+    back = pd.read_csv(io.StringIO(inline.csv_text(f)))
     assert back.token.tolist() == f.token.tolist() and np.allclose(back.v, [0.1235, 1e-7, 3.0])
 
 
@@ -415,16 +419,59 @@ def test_tidy_csv_all_quantities_and_the_cap(tmp_path):
 
 
 def test_with_the_real_model_and_summary():
-    """End to end inside viz: a real trace, the dashboard validates, the summary reads it."""
+    """End to end inside viz: a real trace, the dashboard validates and holds the trace's values,
+    the summary and the token strip agree with tasks.score."""
     import torch
     from model import MambaConfig, MambaLM
-    from model.data import induction_batch
-    from viz import summary
     torch.manual_seed(0)
-    tr = MambaLM(MambaConfig()).trace(sequences.realize(sequences.PRESETS["Two triggers"], induction_batch))
-    v = TraceView.from_trace(tr, label="fresh")
+    tr = MambaLM(MambaConfig()).trace(INDUCTION.realize(INDUCTION.presets["Two triggers"]))
+    v = TraceView.from_trace(tr, INDUCTION, label="fresh")
+    assert v.d_conv == MambaConfig().d_conv
     spec = charts.dashboard(v, sort="ratio").to_dict()
     assert json.loads(json.dumps(spec))["title"]["text"].startswith("fresh · L = 256")
     text = summary.describe(v)
-    assert "2 triggers" in text and ("correct" in text or "wrong" in text)
-    assert isinstance(charts.dashboard(v), alt.VConcatChart)
+    correct = v.score.correct == 1
+    assert "2 × trigger S" in text and ("**correct**" if correct else "**wrong**") in text
+    top = INDUCTION.labels[int(tr.probs[-1].argmax())]
+    assert f"top-1 **{top}**" in text
+    strip = unit_frame(spec, heatmaps(spec, "Tokens")[0])
+    assert strip.role.iloc[-1] == ("query: correct" if correct else "query: wrong")
+    by_index = charts.dashboard(v).to_dict()                          # the default: channels by index
+    assert [int(c) for c in cells(by_index, "delta_2", "order")] == list(range(D))
+    got = np.array(cells(by_index, "delta_2", "max"), dtype=float).reshape(256, D)
+    assert np.allclose(got, tr.layers[1].delta, rtol=1e-3)
+    ratio = v.ratios[1].ratio
+    assert [int(c) for c in cells(spec, "delta_2", "order")] == unit_order(ratio, D, "ratio")
+
+
+def test_tidy_csv_gz_is_byte_identical_run_to_run(tmp_path):
+    """No time in the gzip header: the same trace exports to the same bytes (shareable, cacheable)."""
+    tr = _Trace(30)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tables.write_tidy_csv(tr, tmp_path / "a" / "t.csv.gz")
+    tables.write_tidy_csv(tr, tmp_path / "b" / "t.csv.gz")
+    a, b = (tmp_path / "a" / "t.csv.gz").read_bytes(), (tmp_path / "b" / "t.csv.gz").read_bytes()
+    assert a == b and a[4:8] == b"\0\0\0\0"                          # MTIME field of RFC 1952
+
+
+# ---------------------------------------------------------------- the intervention chart
+def test_p_target_chart_bins_long_runs_names_the_binning_and_drops_nothing():
+    from viz.intervention import MAX_BINS, p_target_chart
+    L = 16384                                                        # the app's "Long" preset
+    rng = np.random.default_rng(0)
+    before, after = rng.random(L), rng.random(L) * 0.1
+    spec = p_target_chart(before, after, title="p(M) before vs after clamp Δ", y_title="p(M)").to_dict()
+    df = unit_frame(spec, spec)
+    assert len(df) == 2 * 2 * MAX_BINS                                # 2 runs x (max, mean) x 1024 bins
+    b = frames.time_bins(0, L, MAX_BINS)
+    vmax, vmean = b.reduce(before)
+    got = df[(df.run == "before") & (df.stat == "max")].sort_values("t")
+    assert np.allclose(got.value, vmax, rtol=1e-3) and got.t.tolist() == b.start.tolist()
+    assert np.allclose(df[(df.run == "before") & (df.stat == "mean")].sort_values("t").value, vmean, rtol=1e-3)
+    assert "max and mean over 16-step bins" in title_of(spec) and spec["encoding"]["y"]["title"] == "p(M)"
+    short = p_target_chart(np.ones(7), np.zeros(7)).to_dict()
+    d = unit_frame(short, short)
+    assert len(d) == 14 and set(d.stat) == {"value"} and "per timestep" in title_of(short)
+    with pytest.raises(ValueError, match="alike"):
+        p_target_chart(np.ones(7), np.ones(8))

@@ -1,13 +1,14 @@
-"""mambascope's views: sequences, tidy frames and Altair charts of a trace. numpy/pandas/altair only.
+"""mambascope's views: tidy frames and Altair charts of a trace. numpy/pandas/altair, and tasks/
+for what the tokens mean; no torch, gradio or model.
 
-    from viz import TraceView, dashboard, parse_tokens
-    chart = dashboard(TraceView.from_trace(tr, label="induction-2layer"), sort="ratio")
+    from tasks import INDUCTION
+    from viz import TraceView, dashboard
+    chart = dashboard(TraceView.from_trace(tr, INDUCTION, label="induction-2layer"), sort="ratio")
 
-Modules: sequences (the text box, task positions, quick edits, presets), frames (binning, tidy
-DataFrames), charts (one function per chart + the dashboard), tables (tidy CSV export).
-`python -m viz.export` is the batch exporter; it is the one module here that imports the model.
+Modules: frames (binning, token roles, tidy DataFrames), charts (one function per chart + the
+dashboard), hover (the heatmaps' pointer readout), inline (chart data on the page), raster
+(heatmap images), tables (tidy CSV export), summary (the one-line description), mechanism (the
+mechanism study's charts). The batch exporter is `python -m ui.export`.
 """
 from .charts import TIME_PARAM, chart_html, dashboard  # noqa: F401
 from .frames import TraceView, time_bins  # noqa: F401
-from .sequences import (MAX_LEN, PRESETS, Generator, TokenError, format_tokens,  # noqa: F401
-                        parse_tokens)

@@ -1,6 +1,6 @@
 """Altair charts of a trace: one function per chart, tidy DataFrames in (viz/frames.py), alt.Chart out.
 
-    chart = dashboard(TraceView.from_trace(tr, label="induction-2layer"), sort="ratio", max_bins=256)
+    chart = dashboard(TraceView.from_trace(tr, INDUCTION, label="induction-2layer"), sort="ratio", max_bins=256)
 
 `dashboard` stacks every chart into one compound chart whose time charts share one interval
 selection param (TIME_PARAM, declared at the top with the unit view names that define it): drag
@@ -9,52 +9,31 @@ heatmaps and the token strip; the line charts draw it strong). The chart functio
 that param by name, so their output is meant to go into `dashboard`, not to stand alone.
 
 Data on the page: the channel heatmaps are images (viz/raster.py) plus their values as
-'|'-joined params for the pointer readout (channel_heatmap, hover_params): one scene item per
-heatmap instead of one per cell, which was most of the browser's drawing time. Every other
-chart's DataFrame is handed to Vega-Lite as inline CSV text (`inline_csv`). Values travel at
-SIG_DIGITS significant digits; CSV is ~5x smaller than Altair's JSON records, and Altair neither
-transforms nor row-limits inline data: its 5,000-row MaxRowsError applies to DataFrames only,
-so it is bypassed on purpose here, and no row or cell is ever sampled or cut (tests/test_viz.py
-counts them). The size is bounded by the time binning: at most MAX_BINS_LIMIT bins x channels
-cells per heatmap. Exports (viz/tables.py, Trace.save) keep full precision.
+'|'-joined params for the pointer readout (viz/hover.py): one scene item per heatmap instead of
+one per cell, which was most of the browser's drawing time. Every other chart's DataFrame is
+handed to Vega-Lite as inline CSV text (viz/inline.py: no row or cell is ever sampled or cut).
+The size is bounded by the time binning: at most MAX_BINS_LIMIT bins x channels cells per heatmap.
+
+What the tokens are (labels, roles, the target) comes from the view's task; the Δ ratio beside
+each Δ heatmap is tasks.measures' (max Δ over the write window / median Δ over the filler after it).
 """
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
 
-from . import raster
-from .frames import (MAX_BINS_LIMIT, ROLES, Bins, TraceView, channel_order, clamp_window, heatmap_frame,
-                     prediction_series, prob_frame, delta_ratio, series_frame, time_bins, token_frame,
-                     total_state_norm)
+from tasks.measures import Windows, unit_order
+
+from . import hover, raster
+from .frames import (MAX_BINS_LIMIT, Bins, TraceView, clamp_window, heatmap_frame, prediction_series, prob_frame,
+                     ratio_frame, role_names, series_frame, time_bins, token_frame, total_state_norm)
+from .inline import inline_csv
 
 TIME_PARAM = "time_range"       # not 'brush': gr.Plot strips a param of that name
-SIG_DIGITS = 4                  # on the page only
 WIDTH = 720                     # px of the time axis
 CHANNEL_PX = 2                  # px per channel row in the heatmaps
-ROLE_COLORS = ["#d9d9d9", "#f58518", "#4c78a8", "#2ca02c", "#d62728"]    # same order as ROLES
-VOCAB_ORDER = [str(v) for v in range(16)] + ["S"]
-
-
-def _csv_column(col: pd.Series) -> list:
-    if col.dtype.kind == "f":
-        return list(map(f"{{:.{SIG_DIGITS}g}}".format, col.tolist()))
-    if col.dtype.kind in "iub":
-        return list(map(str, col.tolist()))
-    return ['"' + v.replace('"', '""') + '"' if ("," in v or '"' in v) else v for v in map(str, col.tolist())]
-
-
-def csv_text(frame: pd.DataFrame) -> str:
-    """frame -> CSV text, floats at SIG_DIGITS significant digits. (3x faster than
-    DataFrame.to_csv with a float_format, which dominated the time to draw a trace.)"""
-    cols = [_csv_column(frame[c]) for c in frame.columns]
-    return ",".join(frame.columns) + "\n" + "\n".join(map(",".join, zip(*cols)))
-
-
-def inline_csv(frame: pd.DataFrame, numeric=()) -> alt.InlineData:
-    """A DataFrame as inline CSV data; `numeric` columns are parsed as numbers, the rest stay text."""
-    return alt.InlineData(values=csv_text(frame), format=alt.CsvDataFormat(
-        type="csv", parse={c: "number" for c in numeric if c in frame.columns}))
+VOCAB_PX = 6                    # px per vocabulary row in the predictions heatmap
+ROLE_COLORS = ["#d9d9d9", "#f58518", "#4c78a8", "#2ca02c", "#d62728"]    # filler, write, marker, correct, wrong
 
 
 def time_selection(views: list) -> alt.TopLevelSelectionParameter:
@@ -94,27 +73,29 @@ def _join_tokens(chart: alt.Chart, tokens: pd.DataFrame) -> alt.Chart:
         key="t", fields=["t_end", "time", "token"]))
 
 
-def token_strip(tokens: pd.DataFrame, bins: Bins, name: str = "tokens") -> alt.Chart:
-    """The input as a colour strip: filler, memory M, trigger S, and the query coloured by whether
-    the model's top-1 there is the target M (correct) or not."""
+def token_strip(tokens: pd.DataFrame, bins: Bins, roles: list, name: str = "tokens") -> alt.Chart:
+    """The input as a colour strip by role (frames.role_names: the task's filler, write and marker,
+    and the query coloured by whether the model's top-1 there is the target: correct or not)."""
     return alt.Chart(inline_csv(tokens, numeric=("t", "t_end")), mark="rect", width=WIDTH, height=24, name=name,
                      title=f"Tokens ({_bin_note(bins, 'most salient role')})").encode(
         x=_x(bins, title=None), x2=alt.X2("t_end"),
-        color=alt.Color("role:N", title="token role", scale=alt.Scale(domain=ROLES, range=ROLE_COLORS)),
+        color=alt.Color("role:N", title="token role", scale=alt.Scale(domain=list(roles), range=ROLE_COLORS)),
         opacity=_faded_outside(),
         tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("token:N"), alt.Tooltip("role:N")],
     )
 
 
-def prediction_heatmap(probs: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, name: str = "predictions") -> alt.Chart:
-    """p(next token = v) for every vocabulary entry v at every timestep: the darkest cell of a
-    column is the top-1 prediction there."""
-    base = alt.Chart(inline_csv(probs, numeric=("t", "max", "mean")), mark="rect", width=WIDTH, height=17 * 6,
+def prediction_heatmap(probs: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, vocab: list,
+                       name: str = "predictions") -> alt.Chart:
+    """p(next token = v) for every vocabulary entry v (labels `vocab`, in id order) at every
+    timestep: the darkest cell of a column is the top-1 prediction there."""
+    base = alt.Chart(inline_csv(probs, numeric=("t", "max", "mean")), mark="rect", width=WIDTH,
+                     height=VOCAB_PX * len(vocab),
                      name=name,
                      title=f"Predictions: p(next token) ({_bin_note(bins)})")
     return _join_tokens(base, tokens).encode(
         x=_x(bins, title=None), x2=alt.X2("t_end"),
-        y=alt.Y("predicted:O", sort=VOCAB_ORDER, title="next token"),
+        y=alt.Y("predicted:O", sort=list(vocab), title="next token"),
         color=alt.Color("max:Q", title="p", scale=alt.Scale(scheme="blues", domain=[0, 1])),
         opacity=_faded_outside(),
         tooltip=[alt.Tooltip("time:N", title="t"), alt.Tooltip("token:N", title="input token"),
@@ -142,24 +123,6 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
     return alt.hconcat(alt.layer(base, strong, title=f"{title} ({note})", width=WIDTH, height=90))
 
 
-def hover_param(view_name: str) -> str:
-    return f"hover_{view_name}"
-
-
-def hover_selection(view_name: str) -> alt.TopLevelSelectionParameter:
-    """Where the pointer is in one heatmap: an interval selection that restarts whenever the
-    pointer enters an item and grows with it, so its pixel signals ({name}_x, {name}_y =
-    [anchor, current]) always end at the pointer; hover_readout draws from them. Vega-Lite has no
-    plain pointer-position param, and this needs no scene item per cell. No clear event: the
-    pointer crossing the readout's own marks would clear it; the last cell stays marked."""
-    return alt.TopLevelSelectionParameter(
-        name=hover_param(view_name), views=[view_name],
-        select=alt.IntervalSelectionConfig(type="interval", encodings=["x", "y"],
-                                           on="[pointerover, pointerout] > pointermove",
-                                           translate=False, zoom=False,
-                                           mark=alt.BrushConfig(fillOpacity=0, strokeOpacity=0)))
-
-
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
                     name: str, stat: str = "max", scheme: str = "viridis") -> tuple:
     """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`.
@@ -168,10 +131,10 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
       image    every cell, drawn server-side in Vega's `scheme` (viz/raster.py): one scene item
       fade     per time bin, white over the bins outside the selected time range
       legend   the colour scale (same scheme and domain as the image), on an invisible point
-      readout  the cell under the pointer, outlined and labelled (hover_readout)
-    The cells also go to the page as numbers (hover_params: frame's max[, mean], none dropped),
+      readout  the cell under the pointer, outlined and labelled (viz/hover.py)
+    The cells also go to the page as numbers (hover.params: frame's max[, mean], none dropped),
     which the readout shows and an export of the spec holds.
-    Returns (layer chart, params): the params (hover_selection, hover_params) belong at the
+    Returns (layer chart, params): the params (hover.selection, hover.params) belong at the
     top level of the chart the layer ends up in, where the readout's expressions see them."""
     stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
     D = len(order)
@@ -201,86 +164,29 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                        encoding=alt.FacetedEncoding(color={
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
-    readout = hover_readout(frame, bins, order, name, what)
+    readout = hover.readout(frame, bins, order, name, what, WIDTH, CHANNEL_PX)
     layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
                       title=f"{title} ({_bin_note(bins, stat)})")
-    return layer, [hover_selection(name), *hover_params(frame, tokens, order, name)]
+    return layer, [hover.selection(name), *hover.params(frame, tokens, order, name)]
 
 
-def hover_cells(name: str) -> str:
-    return f"cells_{name}"
-
-
-def hover_readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str) -> list:
-    """The tooltip of an image heatmap: the cell under the pointer, outlined, and a label beside
-    the pointer with t, channel, token and the value(s) -- [outline, halo, label] unit charts.
-
-    The pointer comes from hover_selection's pixel signals in this view ({param}_x / _y =
-    [anchor, current]); the values from top-level params (hover_params) holding every cell of
-    the frame, so nothing per cell is a scene item. Pixel -> cell: x spans [t0, t1] over WIDTH,
-    bins are `width` steps from t0; rows are CHANNEL_PX apart, row r shows channel order[r]."""
-    D, nb = len(order), len(bins.start)
-    px_per_step = WIDTH / (bins.t1 - bins.t0)
-    hx, hy, cells = f"{hover_param(name)}_x", f"{hover_param(name)}_y", hover_cells(name)
-    on = f"length({hx}) == 2 && length({hy}) == 2"
-    col = f"clamp(floor({hx}[1] / {px_per_step * bins.width}), 0, {nb - 1})"
-    row = f"clamp(floor({hy}[1] / {CHANNEL_PX}), 0, {D - 1})"
-    ch = f"toNumber({cells}_order[{row}])"
-    idx = f"{col} * {frame['channel'].nunique()} + {ch}"
-    value = f"'{what} ' + {cells}_max[{idx}]"
-    if bins.width > 1:
-        value = f"'{what} max ' + {cells}_max[{idx}] + ', mean ' + {cells}_mean[{idx}]"
-    text = (f"{on} ? ['t ' + {cells}_time[{col}] + ' · token ' + {cells}_token[{col}], "
-            f"'channel ' + {ch} + ' · ' + {value}] : ''")
-    x0 = f"{col} * {px_per_step * bins.width}"
-    # off the heatmap: a zero-size box at the origin and an empty label (anything placed outside
-    # the plot would grow the view: autosize counts every mark's bounds)
-    box = {"type": "rect", "fill": None, "stroke": "black", "strokeWidth": 1.5,
-           "strokeOpacity": {"expr": f"{on} ? 1 : 0"},
-           "x": {"expr": f"{on} ? {x0} : 0"},
-           "x2": {"expr": f"{on} ? min({WIDTH}, {x0} + {px_per_step * bins.width}) : 0"},
-           "y": {"expr": f"{on} ? {row} * {CHANNEL_PX} : 0"},
-           "y2": {"expr": f"{on} ? {row} * {CHANNEL_PX} + {CHANNEL_PX} : 0"}}
-    # the label turns towards the inside near the right and top edges (a label outside the plot
-    # would also grow the view while hovering)
-    right, top = f"{on} && {hx}[1] > {WIDTH * 0.6}", f"{on} && {hy}[1] < 32"
-    label = {"type": "text", "fontSize": 12,
-             "align": {"expr": f"{right} ? 'right' : 'left'"}, "dx": {"expr": f"{right} ? -12 : 12"},
-             "baseline": {"expr": f"{top} ? 'top' : 'bottom'"}, "dy": {"expr": f"{top} ? 14 : -6"},
-             "x": {"expr": f"{on} ? {hx}[1] : 0"}, "y": {"expr": f"{on} ? {hy}[1] : 0"},
-             "text": {"expr": text}}
-    one = alt.InlineData(values=[{}])
-    halo = {**label, "fill": "white", "stroke": "white", "strokeWidth": 4, "strokeJoin": "round"}   # legible anywhere
-    return [alt.Chart(one, mark=box), alt.Chart(one, mark=halo), alt.Chart(one, mark=label)]
-
-
-def hover_params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) -> list:
-    """Every cell of one heatmap for its hover_readout, as top-level params (the readout's
-    expressions see them): {cells}_max[, _mean] [n_bins * D] time-major, {cells}_time and
-    _token per bin, {cells}_order per row. Each travels as one '|'-joined string and is split
-    once on the page: as JSON number lists Altair copied and serialised them for ~1.5 s."""
-    cells = hover_cells(name)
-    cols = {"order": map(str, order), "time": tokens["time"], "token": tokens["token"],
-            **{s_: _csv_column(frame[s_]) for s_ in ("max", "mean") if s_ in frame.columns}}
-    out = []
-    for key, items in cols.items():
-        out.append(alt.VariableParameter(name=f"{cells}_{key}_text", value="|".join(items)))
-        out.append(alt.VariableParameter(name=f"{cells}_{key}", expr=f"split({cells}_{key}_text, '|')"))
-    return out
-
-
-def ratio_chart(frame: pd.DataFrame, order: list, memory_pos: int) -> alt.Chart:
-    """Per channel: Δ at the memory position / median Δ over all other steps (whole sequence),
-    in the heatmap's channel order so the bars line up with its rows."""
-    return alt.Chart(inline_csv(frame, numeric=("channel", "delta_mem", "median_else", "ratio")),
+def ratio_chart(frame: pd.DataFrame, order: list, win: Windows) -> alt.Chart:
+    """Per channel, tasks.measures' Δ ratio: the max of Δ over the write window / the median of Δ
+    over the filler after it (frames.ratio_frame), in the heatmap's channel order so the bars
+    line up with its rows."""
+    (w0, w1), (f0, f1) = win.write, win.filler
+    write, filler = f"t = {w0}..{w1 - 1}", f"t = {f0}..{f1 - 1}"
+    return alt.Chart(inline_csv(frame, numeric=("channel", "write", "write_step", "filler_median", "ratio")),
                      mark=alt.MarkDef(type="bar", color="#f58518"), width=140, height=CHANNEL_PX * len(order),
-                     title=alt.TitleParams("Δ ratio", subtitle=f"Δ[t={memory_pos}] / median")).encode(
+                     title=alt.TitleParams("Δ ratio", subtitle=[f"max Δ, write {write}",
+                                                                f"÷ median Δ, filler {filler}"])).encode(
         y=alt.Y("channel:O", sort=list(order), axis=None),
         x=alt.X("ratio:Q", title="ratio (log; bars start at 1)", scale=alt.Scale(type="log")),
         x2=alt.X2Datum(1),                  # a bar from 1 (no change) to the ratio: log has no 0
         tooltip=[alt.Tooltip("channel:O"),
-                 alt.Tooltip("delta_mem:Q", title=f"Δ at t={memory_pos}", format=".4g"),
-                 alt.Tooltip("median_else:Q", title="median Δ elsewhere", format=".4g"),
+                 alt.Tooltip("write:Q", title=f"max Δ over the write window {write}", format=".4g"),
+                 alt.Tooltip("write_step:Q", title="at t"),
+                 alt.Tooltip("filler_median:Q", title=f"median Δ over the filler {filler}", format=".4g"),
                  alt.Tooltip("ratio:Q", format=".4g")],
     )
 
@@ -300,24 +206,25 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
     if bad:
         raise ValueError(f"layer {bad[0] + 1} does not exist; the model has {view.n_layer} layers")
     bins = time_bins(*clamp_window(view.length, t_from, t_to), max_bins)
-    mem = view.positions.first_memory_pos
+    ratios = view.ratios                                             # None without a write and a filler
     tokens = token_frame(view, bins)
-    rows = [token_strip(tokens, bins, "tokens"),
-            prediction_heatmap(prob_frame(view, bins), tokens, bins, "predictions"),
+    vocab = list(view.task.token_labels(range(view.probs.shape[1])))
+    rows = [token_strip(tokens, bins, role_names(view.task), "tokens"),
+            prediction_heatmap(prob_frame(view, bins), tokens, bins, vocab, "predictions"),
             series_chart(series_frame(prediction_series(view), view, bins), bins,
-                         "Probability of the top-1 token and of the memory token M", "p", "p_lines")]
+                         "Probability of the top-1 token and of the target", "p", "p_lines")]
     views = ["tokens", "predictions", "p_lines"]
     heatmap_params = []                                               # each heatmap's hover params
     for i in layers:
-        ratio = delta_ratio(view.delta[i], mem)                      # None without a memory position
-        order = channel_order(ratio, view.delta[i].shape[1], sort)
+        ratio = None if ratios is None else ratio_frame(ratios[i])
+        order = unit_order(None if ratios is None else ratios[i].ratio, view.delta[i].shape[1], sort)
         dh, params = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
                                      f"Layer {i + 1}: Δ (step size, after softplus)", "Δ", f"delta_{i + 1}", stat)
         heatmap_params += params
         # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
         # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
         dh = alt.hconcat(dh)
-        rows.append(alt.hconcat(dh, ratio_chart(ratio, order, mem)) if ratio is not None else dh)
+        rows.append(alt.hconcat(dh, ratio_chart(ratio, order, view.windows)) if ratio is not None else dh)
         nh, params = channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
                                      f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖", f"norm_{i + 1}", stat,
                                      "magma")

@@ -1,5 +1,5 @@
-"""From trace arrays to the tidy DataFrames the charts draw: time binning, the Δ ratio, channel
-order. numpy and pandas only.
+"""From trace arrays to the tidy DataFrames the charts draw: time binning, token roles, channel
+order. numpy and pandas (and tasks/: what a token means) only.
 
 Axis order everywhere: time first, [L, D] (as in model/trace.py). A time *bin* covers the
 timesteps [t, t_end); with bin width 1 the max and the mean of a bin are the value itself.
@@ -7,45 +7,67 @@ timesteps [t, t_end); with bin width 1 the max and the mean of a bin are the val
 Binning rule: a window of n timesteps and at most `max_bins` bins gets bins of width
 w = ceil(n / max_bins) and ceil(n / w) bins; the last bin may be shorter (its mean divides by
 its own count). Nothing is dropped: every timestep of the window is in exactly one bin.
+
+The task (tasks.Task) says what the tokens are: their labels, the roles of the steps (writes,
+markers, queries) and whether a prediction is correct (tasks.score). The Δ ratio is
+tasks.measures' (the one definition); nothing here knows the induction vocabulary.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from .sequences import TRIGGER, TaskPositions, task_positions, token_labels
+from tasks import Positions, Score, Task, score
+from tasks.measures import DeltaRatio, Windows, layer_ratios, windows
 
 MAX_BINS_DEFAULT = 64        # time bins per chart by default: 64 x 128 = 8,192 cells per heatmap.
 # Measured click-to-charts in headless chromium (2 cores, image heatmaps): 0.82 s (L=256) and 1.25 s
 # (L=16384) at 64 bins, 1.06 / 1.36 s at 128, 1.08-1.22 / 1.58-1.83 s at 256 (Vega's draw barely
 # changes; the 2x larger spec's transfer and handling do); the slider goes to MAX_BINS_LIMIT.
 MAX_BINS_LIMIT = 1024        # the widget's top; 1024 x 128 = 131,072 cells per heatmap image
-ROLES = ["filler", "memory M", "trigger S", "query: correct", "query: wrong"]   # priority order
+QUERY_ROLES = ("query: correct", "query: wrong")
+D_CONV_DEFAULT = 4           # mamba_ssm's d_conv, for a trace whose metadata does not say
+
+
+def role_names(task: Task) -> list:
+    """The token roles in priority order: the task's (filler, write, marker) then the query's two."""
+    return list(task.roles) + list(QUERY_ROLES)
+
+
+def trace_d_conv(meta: dict) -> int:
+    """d_conv from a trace's metadata (meta["config"]["ssm_cfg"]), D_CONV_DEFAULT when absent."""
+    cfg = (meta or {}).get("config") or {}
+    return int((cfg.get("ssm_cfg") or {}).get("d_conv", D_CONV_DEFAULT)) if isinstance(cfg, dict) else D_CONV_DEFAULT
 
 
 @dataclass
 class TraceView:
     """The arrays the charts need, duck-typed from model.Trace (viz never imports the model).
-    tokens [L]; probs [L, V]; delta[i], state_norm[i]: [L, D] for layer i."""
+    tokens [L]; probs [L, V]; delta[i], state_norm[i]: [L, D] for layer i; the task the tokens
+    belong to; d_conv, the layers' causal-conv width (it sets the Δ ratio's write window)."""
     tokens: np.ndarray
     probs: np.ndarray
     delta: list
     state_norm: list
+    task: Task
     label: str = ""                     # what model made it, for titles
-    positions: TaskPositions = field(init=False)
+    d_conv: int = D_CONV_DEFAULT
+    positions: Positions = field(init=False)
 
     def __post_init__(self):
         self.tokens = np.asarray(self.tokens)
-        self.positions = task_positions(self.tokens)
+        self.positions = self.task.positions(self.tokens)
 
     @classmethod
-    def from_trace(cls, tr, label: str = "") -> "TraceView":
+    def from_trace(cls, tr, task: Task, label: str = "") -> "TraceView":
         return cls(tokens=tr.tokens, probs=tr.probs, delta=[lt.delta for lt in tr.layers],
-                   state_norm=[lt.state_norm for lt in tr.layers], label=label)
+                   state_norm=[lt.state_norm for lt in tr.layers], task=task, label=label,
+                   d_conv=trace_d_conv(tr.meta))
 
     @property
     def length(self) -> int:
@@ -54,6 +76,27 @@ class TraceView:
     @property
     def n_layer(self) -> int:
         return len(self.delta)
+
+    @cached_property
+    def score(self) -> Score:
+        """The top-1 at each scored query against its target (tasks.score, the one definition)."""
+        return score(self.probs, self.positions)
+
+    @cached_property
+    def windows(self) -> Optional[Windows]:
+        """The first write's write window and filler (tasks.measures.windows), or None."""
+        return windows(self.positions, self.length, self.d_conv)
+
+    @cached_property
+    def ratios(self) -> Optional[list]:
+        """[DeltaRatio per layer] of the first write (tasks.measures.layer_ratios), or None without
+        a write and a filler after it."""
+        return layer_ratios(self.delta, self.positions, self.d_conv)
+
+    @property
+    def target(self) -> Optional[int]:
+        """The expected token at the first scored query, or None."""
+        return self.positions.scored[0][1] if self.positions.scored else None
 
 
 @dataclass
@@ -105,33 +148,39 @@ def time_bins(t0: int, t1: int, max_bins: int) -> Bins:
 
 
 def roles(view: TraceView) -> np.ndarray:
-    """[L] int index into ROLES: the query is coloured by whether its top-1 is the target M."""
+    """[L] int index into role_names(task): filler 0, write 1, marker 2, and a scored query 3 or 4
+    by whether its top-1 is the target (tasks.score); a query without a target is a marker."""
     r = np.zeros(view.length, dtype=np.int64)
     pos = view.positions
-    r[pos.memory_pos] = 1
-    r[pos.triggers] = 2
-    if pos.query is not None:
-        r[pos.query] = 2
-        if pos.target is not None:
-            r[pos.query] = 3 if int(view.probs[pos.query].argmax()) == pos.target else 4
+    r[list(pos.writes)] = 1
+    r[list(pos.markers) + list(pos.queries)] = 2
+    s = view.score
+    for q, top, target in zip(s.queries, s.top, s.targets):
+        r[q] = 3 if top == target else 4
     return r
 
 
 def _bin_tokens(view: TraceView, bins: Bins) -> np.ndarray:
-    """Token text per bin: the token itself, or '64 tokens, 1×S' for a wider bin."""
+    """Token text per bin: the token itself, or '64 tokens, 1×S' for a wider bin (counting the cue
+    tokens: those at the task's markers and queries)."""
     if bins.width == 1:
-        return token_labels(view.tokens[bins.start])
-    n_trig = np.add.reduceat((view.tokens[bins.t0:bins.t1] == TRIGGER).astype(np.int64),
-                             bins.start - bins.t0)
-    return np.array([f"{e - s} tokens" + (f", {k}×S" if k else "")
-                     for s, e, k in zip(bins.start.tolist(), bins.end.tolist(), n_trig.tolist())])
+        return view.task.token_labels(view.tokens[bins.start])
+    pos = view.positions
+    cues = sorted({int(view.tokens[p]) for p in (*pos.markers, *pos.queries)})
+    window = view.tokens[bins.t0:bins.t1]
+    counts = [np.add.reduceat((window == c).astype(np.int64), bins.start - bins.t0).tolist() for c in cues]
+    labels = [view.task.labels[c] for c in cues]
+    out = []
+    for b, (s, e) in enumerate(zip(bins.start.tolist(), bins.end.tolist())):
+        out.append(f"{e - s} tokens" + "".join(f", {k[b]}×{lab}" for k, lab in zip(counts, labels) if k[b]))
+    return np.array(out)
 
 
 def token_frame(view: TraceView, bins: Bins) -> pd.DataFrame:
     """One row per bin: t, t_end, time, token, role (the highest-priority role in the bin)."""
     r = np.maximum.reduceat(roles(view)[bins.t0:bins.t1], bins.start - bins.t0)
     return pd.DataFrame({"t": bins.start, "t_end": bins.end, "time": bins.labels(),
-                         "token": _bin_tokens(view, bins), "role": np.array(ROLES)[r]})
+                         "token": _bin_tokens(view, bins), "role": np.array(role_names(view.task))[r]})
 
 
 def _stats(vmax: np.ndarray, vmean: np.ndarray, bins: Bins) -> dict:
@@ -154,11 +203,11 @@ def heatmap_frame(values: np.ndarray, bins: Bins) -> pd.DataFrame:
 
 
 def prob_frame(view: TraceView, bins: Bins) -> pd.DataFrame:
-    """probs [L, V] -> one row per (bin, vocabulary entry): t, predicted ('S' for 16), max[, mean]
-    of p(next token = predicted)."""
+    """probs [L, V] -> one row per (bin, vocabulary entry): t, predicted (the task's label),
+    max[, mean] of p(next token = predicted)."""
     pmax, pmean = bins.reduce(view.probs)                            # [nb, V]
     nb, V = pmax.shape
-    return pd.DataFrame({"t": np.repeat(bins.start, V), "predicted": np.tile(token_labels(np.arange(V)), nb),
+    return pd.DataFrame({"t": np.repeat(bins.start, V), "predicted": np.tile(view.task.token_labels(np.arange(V)), nb),
                          **_stats(pmax, pmean, bins)})
 
 
@@ -177,11 +226,11 @@ def series_frame(series: dict, view: TraceView, bins: Bins) -> pd.DataFrame:
 
 
 def prediction_series(view: TraceView) -> dict:
-    """p(top-1) at every step and, when the sequence has a target M, p(M) at every step."""
+    """p(top-1) at every step and, when the sequence has a scored query, p(its target) at every step."""
     out = {"p(top-1)": view.probs.max(axis=1)}
-    m = view.positions.target
+    m = view.target
     if m is not None:
-        out[f"p(M={m})"] = view.probs[:, m]
+        out[f"p(target {view.task.labels[m]})"] = view.probs[:, m]
     return out
 
 
@@ -190,24 +239,8 @@ def total_state_norm(state_norm: np.ndarray) -> np.ndarray:
     return np.sqrt(np.square(state_norm.astype(np.float64)).sum(axis=1))
 
 
-def delta_ratio(delta: np.ndarray, memory_pos: Optional[int]) -> Optional[pd.DataFrame]:
-    """Per channel: Δ at the memory position / the median of Δ over every other timestep, with
-    both parts: DataFrame channel, delta_mem, median_else, ratio ([D] rows), or None without a
-    memory position. A large ratio marks a channel that writes (large Δ) the token to recall."""
-    if memory_pos is None or delta.shape[0] < 2:
-        return None
-    others = np.delete(delta, memory_pos, axis=0)                     # [L-1, D]
-    med = np.median(others, axis=0).astype(np.float64)                # [D]
-    dm = delta[memory_pos].astype(np.float64)
-    return pd.DataFrame({"channel": np.arange(delta.shape[1]), "delta_mem": dm, "median_else": med,
-                         "ratio": dm / med})
-
-
-def channel_order(ratio: Optional[pd.DataFrame], n_channels: int, sort: str) -> list:
-    """Channel ids in display order: 'index' (0..D-1) or 'ratio' (Δ ratio, largest first, ties in
-    index order); without a Δ ratio (no memory position) index order."""
-    if sort not in ("index", "ratio"):
-        raise ValueError(f"unknown channel sort {sort!r}; choose 'index' or 'ratio'")
-    if sort == "index" or ratio is None:
-        return list(range(n_channels))
-    return np.argsort(-ratio["ratio"].to_numpy(), kind="stable").tolist()
+def ratio_frame(r: DeltaRatio) -> pd.DataFrame:
+    """One layer's DeltaRatio -> [D] rows: channel, write (max Δ over the write window), write_step
+    (the t of that max), filler_median, ratio."""
+    return pd.DataFrame({"channel": np.arange(r.ratio.shape[0]), "write": r.write, "write_step": r.write_step,
+                         "filler_median": r.filler_median, "ratio": r.ratio})

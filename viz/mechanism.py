@@ -1,10 +1,11 @@
-"""Charts of the induction mechanism (model/mechanism.py): numpy in, alt.Chart out, one function per chart.
+"""Charts of the induction mechanism (analysis/): numpy in, alt.Chart out, one function per chart.
 
     from viz.mechanism import delta_ratio_chart, hidden_attention_chart
-    delta_ratio_chart(ratio, label="trained")              # ratio: [n_layer, D]
+    delta_ratio_chart(ratio, label="trained", highlight=[(1, 88)])     # ratio: [n_layer, D]
 
-No torch, no gradio: the app and `python -m model.mechanism` both call these with plain arrays.
-Encodings name their types explicitly (channel:O, ratio:Q, ...).
+No torch, no gradio, no model: the app's Mechanism tab and `python -m viz.figures` (the report's
+figures, written as data by analysis/report.py) both call these with plain arrays or JSON lists.
+Encodings name their types explicitly (channel:Q, ratio:Q, ...).
 """
 from __future__ import annotations
 
@@ -14,25 +15,50 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+# tasks/measures.py's definition, in words (its module docstring)
+DELTA_RATIO_TITLE = "max Δ over the write window / median Δ over the filler after it"
+MEMORY, OTHER = "memory channel", "other channel"
 
-def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence[tuple] = ()) -> alt.Chart:
-    """Δ at the memory token / median Δ over the filler, per layer and channel (log scale).
 
-    ratio: [n_layer, D]; highlight: (layer, channel) pairs drawn as memory channels.
+def highlight_mask(highlight, n_layer: int, n_channels: int) -> np.ndarray:
+    """(layer, channel) pairs -> bool [n_layer, n_channels]. Pairs may be tuples, lists or an int
+    array [k, 2] (numpy or Python ints alike: matched by index, never by hashing a key);
+    0-based, each checked against the chart's shape."""
+    mask = np.zeros((n_layer, n_channels), dtype=bool)
+    pairs = np.asarray(list(highlight) if not isinstance(highlight, np.ndarray) else highlight).reshape(-1, 2)
+    if pairs.size and not np.all(pairs == np.round(pairs)):
+        raise ValueError(f"highlight pairs must be whole (layer, channel) numbers, got {pairs.tolist()}")
+    pairs = pairs.astype(np.int64)
+    bad = (pairs[:, 0] < 0) | (pairs[:, 0] >= n_layer) | (pairs[:, 1] < 0) | (pairs[:, 1] >= n_channels)
+    if bad.any():
+        a, c = pairs[np.argmax(bad)]
+        raise ValueError(f"highlight (layer {a}, channel {c}) is outside {n_layer} layers x {n_channels} channels")
+    mask[pairs[:, 0], pairs[:, 1]] = True
+    return mask
+
+
+def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence = ()) -> alt.Chart:
+    """The Δ ratio of tasks/measures.py (max Δ over the write window / median Δ over the filler after
+    it) per layer and channel, log scale.
+
+    ratio: [n_layer, D]; highlight: 0-based (layer, channel) pairs drawn as memory channels (red);
+    without any, every point is one colour and there is no memory-channel legend.
     """
     ratio = np.asarray(ratio, dtype=np.float64)
     L, D = ratio.shape
-    hl = {(int(a), int(b)) for a, b in highlight}
+    mask = highlight_mask(highlight, L, D)
     df = pd.DataFrame({"layer": np.repeat(np.arange(1, L + 1), D), "channel": np.tile(np.arange(D), L),
-                       "ratio": np.clip(ratio.ravel(), 1e-3, None)})
-    df["memory channel"] = [(ly - 1, c) in hl for ly, c in zip(df.layer, df.channel)]
+                       "ratio": np.clip(ratio.ravel(), 1e-3, None),
+                       "kind": np.where(mask.ravel(), MEMORY, OTHER)})
+    color = (alt.Color("kind:N", title=None, scale=alt.Scale(domain=[OTHER, MEMORY], range=["#9aa5b1", "#d62728"]))
+             if mask.any() else alt.value("#9aa5b1"))
     return alt.Chart(df).mark_circle(size=28).encode(
         x=alt.X("channel:Q", title="channel d"),
         y=alt.Y("ratio:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e"), title="Δ ratio (log)"),
-        color=alt.Color("memory channel:N", scale=alt.Scale(domain=[False, True], range=["#9aa5b1", "#d62728"])),
-        tooltip=["layer:O", "channel:O", alt.Tooltip("ratio:Q", format=".3g")],
+        color=color,
+        tooltip=["layer:O", "channel:O", "kind:N", alt.Tooltip("ratio:Q", format=".3g")],
     ).properties(width=320, height=160).facet(row=alt.Row("layer:O", title="layer")).properties(
-        title=f"Δ(memory) / median Δ(filler) {label}".strip())
+        title=alt.TitleParams(f"Δ ratio {label}".strip(), subtitle=DELTA_RATIO_TITLE))
 
 
 def probe_accuracy_chart(acc: np.ndarray, distances: Sequence[int], layer: int, label: str = "",
@@ -152,33 +178,12 @@ def intervention_chart(checkpoint: Sequence[str], intervention: Sequence[str], a
     ).properties(width=300)
 
 
-def p_memory_chart(before: np.ndarray, after: np.ndarray, title: str = "") -> alt.Chart:
-    """p(M) at every step, before and after an intervention: two lines over t.
-
-    before, after: [L] probabilities of the memory token M.
-    """
-    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
-    L = before.shape[0]
-    df = pd.DataFrame({"t": np.tile(np.arange(L), 2), "p(M)": np.concatenate([before, after]),
-                       "run": ["before"] * L + ["after"] * L})
-    chart = alt.Chart(df, title=title or "p(M) at every step, before vs after")
-    return chart.mark_line(interpolate="step-after").encode(
-        x=alt.X("t:Q", title="timestep t"),
-        y=alt.Y("p(M):Q", scale=alt.Scale(domain=[0, 1]), title="p(M)"),
-        color=alt.Color("run:N", sort=["before", "after"], scale=alt.Scale(range=["#4c78a8", "#d62728"])),
-        strokeDash=alt.StrokeDash("run:N", sort=["before", "after"]),
-        tooltip=["run:N", "t:Q", alt.Tooltip("p(M):Q", format=".3g")],
-    ).properties(width=640, height=180)
-
-
-def _tok(v: Optional[int]) -> str:
-    return "–" if v is None else ("S" if v == 16 else str(v))
-
-
-def prediction_markdown(rows: Sequence[tuple]) -> str:
-    """A Markdown table of query predictions: rows of (name, top token, p(top), M, p(M), note)."""
+def prediction_markdown(rows: Sequence[tuple], labels: Sequence[str]) -> str:
+    """A Markdown table of query predictions: rows of (name, top token, p(top), M, p(M), note);
+    labels: the task's token labels (tasks.Task.labels), indexed by id."""
+    tok = lambda v: "–" if v is None else labels[int(v)]  # noqa: E731
     lines = ["| | top token at the query | p(top) | M | p(M) | |", "|---|---|---|---|---|---|"]
     for name, top, p_top, m, p_m, note in rows:
         pm = "–" if p_m is None else f"{p_m:.3g}"
-        lines.append(f"| **{name}** | **{_tok(top)}** | {p_top:.3g} | {_tok(m)} | {pm} | {note} |")
+        lines.append(f"| **{name}** | **{tok(top)}** | {p_top:.3g} | {tok(m)} | {pm} | {note} |")
     return "\n".join(lines)

@@ -1,29 +1,30 @@
 """One Markdown paragraph that says what the charts show: the task's positions and whether the
-model recalled the memory token at the query. numpy only."""
+model's top-1 at the query is the target (tasks.score, through TraceView.score). numpy only."""
 from __future__ import annotations
 
 from .frames import TraceView
-from .sequences import token_labels
 
 
 def describe(view: TraceView, bins_width: int = 1) -> str:
-    pos = view.positions
-    lab = token_labels
+    pos, lab = view.positions, view.task.labels
+    _, write_role, marker_role = view.task.roles
     parts = [f"**L = {view.length:,}** tokens"]
     if bins_width > 1:
         parts.append(f"time binned by **{bins_width}** steps (max and mean per bin)")
-    if pos.query is None:
-        parts.append("the last token is not the trigger S, so there is **no query** (nothing to recall)")
-    elif not pos.triggers:
-        top = int(view.probs[pos.query].argmax())
-        parts.append(f"**no trigger before the query**: nothing to recall (top-1 at the query: "
-                     f"{lab([top])[0]}, p = {view.probs[pos.query, top]:.3f})")
-    else:
-        m, q = pos.target, pos.query
+    if not pos.queries:
+        parts.append("the sequence asks for nothing at its end, so there is **no query** (nothing to recall)")
+    elif not pos.scored:
+        q = pos.queries[0]
         top = int(view.probs[q].argmax())
-        ok = top == m
-        more = f" ({len(pos.triggers)} triggers; the label is the first memory)" if len(pos.triggers) > 1 else ""
-        parts.append(f"trigger S at t = {pos.triggers[0]}, memory **M = {m}** at t = {pos.memory_pos[0]}{more}; "
-                     f"query at t = {q}: top-1 **{lab([top])[0]}** (p = {view.probs[q, top]:.3f}), "
-                     f"p(M) = {view.probs[q, m]:.3f} → " + ("**correct** ✓" if ok else "**wrong** ✗"))
+        parts.append(f"**no {marker_role} before the query**: nothing to recall (top-1 at the query: "
+                     f"{lab[top]}, p = {view.probs[q, top]:.3f})")
+    else:
+        s = view.score
+        q, m, top = s.queries[0], s.targets[0], s.top[0]
+        cue = f"{marker_role} at t = {pos.markers[0]}, " if pos.markers else ""
+        more = (f" ({len(pos.writes)} × {marker_role}; the target is the first {write_role})"
+                if len(pos.writes) > 1 else "")
+        parts.append(f"{cue}{write_role} = **{lab[m]}** at t = {pos.writes[0]}{more}; "
+                     f"query at t = {q}: top-1 **{lab[top]}** (p = {view.probs[q, top]:.3f}), "
+                     f"p(target) = {s.p_target[0]:.3f} → " + ("**correct** ✓" if top == m else "**wrong** ✗"))
     return " · ".join(parts)

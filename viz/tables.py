@@ -5,7 +5,8 @@
 
 Size policy (a tidy CSV has one row per number, so it grows fast: 529 rows per timestep for the
 charted quantities of the 2-layer model, 1,250 for all of them):
-- gzip (level 1: fast, ~3x smaller) whenever the path ends in .gz; the app always writes .csv.gz;
+- gzip (level 1: fast, ~3x smaller; no time in the header: identical traces, identical bytes)
+  whenever the path ends in .gz; the app always writes .csv.gz;
 - DEFAULT_QUANTITIES are what the charts show (Δ, the state norms, the output probabilities);
   ALL_QUANTITIES adds u, y, B, C, the residual stream and the logits;
 - the rows are those of the chosen time window [t_from, t_to);
@@ -19,6 +20,7 @@ Model-level quantities (probs, logits) have layer = -1 and the vocabulary id in 
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +78,12 @@ def write_tidy_csv(trace, path, quantities=DEFAULT_QUANTITIES, t_from=None, t_to
             f"the cap of {max_rows:,}: narrow the time window (at most {max_rows * (t1 - t0) // rows:,} steps), "
             "choose fewer quantities, or download the safetensors trace (every array, any length)")
     path = Path(path)
-    opener = (lambda: gzip.open(path, "wt", compresslevel=1, newline="")) if path.suffix == ".gz" \
-        else (lambda: open(path, "w", newline=""))
-    with opener() as fh:
+    # mtime=0: the gzip header holds no time, so the same trace gives the same bytes every run
+    if path.suffix == ".gz":
+        fh = io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=1, mtime=0), encoding="utf-8", newline="")
+    else:
+        fh = open(path, "w", encoding="utf-8", newline="")
+    with fh:
         fh.write(",".join(COLUMNS) + "\n")
         for layer, q, arr in _blocks(trace, quantities):
             tidy_frame(layer, q, np.asarray(arr)[t0:t1], t0).to_csv(

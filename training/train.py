@@ -1,10 +1,13 @@
-"""Train the induction-heads model (Mamba paper §4.1.2 / E.1) on CPU or GPU.
+"""Train a task model (tasks/: induction heads, Mamba paper §4.1.2 / E.1, by default) on CPU or GPU.
 
-    python -m model.train --seed 0 --out runs/induction-s0
-    python -m model.train --out runs/induction-s0 --resume          # continue where it stopped
+    python -m training.train --seed 0 --out runs/induction-s0
+    python -m training.train --out runs/induction-s0 --resume          # continue where it stopped
+    python -m training.train --ssm-cfg '{"layer": "Mamba2", "d_state": 16, "headdim": 16}' --out runs/m2
+    python -m training.train --task mqar --task-options '{"n_pairs": 16}' --train-len 256 --out runs/mqar
 
-The paper's recipe: batch 8, Adam lr 1e-3 constant, no weight decay, L = 256, loss on the last
-position only (the query), 2-layer Mamba d_model 64. The run writes, under --out:
+The paper's recipe for induction heads: batch 8, Adam lr 1e-3 constant, no weight decay, L = 256,
+loss on the query steps only (induction heads: the last position), 2-layer Mamba d_model 64. The
+run writes, under --out:
     settings.json            these flags (the run's settings, beside what it produced)
     log.jsonl                one JSON object per training-log / validation event
     model.safetensors        the latest model (save_checkpoint, task metadata with lengths seen)
@@ -37,17 +40,31 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
-from .config import MambaConfig
-from .data import induction_batch, task_metadata
-from .eval import count_correct
-from .mamba import MambaLM
+import numpy as np
+
+from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+from tasks import TASKS
+
+from .eval import count_correct, query_logits, task_batch
 
 VAL_SEED = 1_000_003     # validation sets never share a seed with training data (seeded by --seed)
 
 
+def _json_object(name: str, text: str) -> dict:
+    try:
+        v = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON object, got {text!r} ({e})") from None
+    if not isinstance(v, dict):
+        raise ValueError(f"{name} must be a JSON object, got {text!r}")
+    return v
+
+
 @dataclass
 class TrainConfig:
+    task: str = "induction_heads"  # induction_heads, selective_copying or mqar (tasks/)
+    # task options as JSON, passed to the task's batch(), e.g. '{"n_pairs": 16}' for MQAR
+    task_options: str = ""
     seed: int = 0                 # drives the initialisation (torch.manual_seed) and the data stream
     steps: int = 12000            # upper bound; training stops early once validation holds 100%
     batch: int = 8                # paper, E.1
@@ -69,6 +86,11 @@ class TrainConfig:
     threads: int = 2              # torch.set_num_threads (the notes measured 2-core machines)
     device: str = "cpu"           # cpu: the torch scan backend; cuda: the default (Triton) backend
     log_every: int = 50           # steps between train-loss log lines
+    # the model: mamba_ssm's ssm_cfg as JSON, e.g. '{"layer": "Mamba2", "d_state": 16, "headdim": 16}';
+    # empty = the paper's Mamba-1 (d_state 16, expand 2)
+    ssm_cfg: str = ""
+    d_model: int = 64             # residual width (paper: 64 for the 2-layer task models)
+    n_layer: int = 2
 
     def __post_init__(self):
         if self.batch < 1 or self.steps < 0 or self.eval_every < 1:
@@ -80,6 +102,22 @@ class TrainConfig:
             raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
         self.length_schedule()
         self.val_sets()
+        self.model_config()
+        self.options()
+
+    @property
+    def the_task(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        return TASKS[self.task]
+
+    def options(self) -> dict:
+        return _json_object("task_options", self.task_options)
+
+    def model_config(self) -> MambaConfig:
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.the_task.vocab_size,
+                           ssm_cfg=_json_object("ssm_cfg", self.ssm_cfg))
+
 
     def length_schedule(self) -> list[tuple[int, int]]:
         """[(first_step, length), ...] ascending in step."""
@@ -139,7 +177,10 @@ def parse_args(argv=None) -> TrainConfig:
 def validate(lm: MambaLM, cfg: TrainConfig) -> dict:
     was = lm.training
     lm.eval()
-    out = {str(n): count_correct(lm, n, k, VAL_SEED + n) / k for n, k in cfg.val_sets()}
+    out = {}
+    for n, k in cfg.val_sets():
+        right, total = count_correct(lm, n, k, VAL_SEED + n, task=cfg.the_task, options=cfg.options())
+        out[str(n)] = right / total
     lm.train(was)
     return out
 
@@ -147,13 +188,15 @@ def validate(lm: MambaLM, cfg: TrainConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 # optimizer / resume state, as safetensors (never pickle)
 
-def save_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, step: int, gen: torch.Generator,
+def save_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, step: int, gen: np.random.Generator,
                      extra: dict) -> None:
-    """Adam's state as `{param name}.{exp_avg,exp_avg_sq,step}` tensors, the data generator's state,
-    and `extra` (lengths seen, wall time, ...) as JSON metadata: everything --resume needs."""
+    """Adam's state as `{param name}.{exp_avg,exp_avg_sq,step}` tensors, the data generator's state
+    (JSON metadata: numpy's PCG64 state is two integers) and `extra` (lengths seen, wall time, ...)
+    as JSON metadata: everything --resume needs."""
     names = {id(p): n for n, p in lm.named_parameters()}
-    tensors = {"data_generator": gen.get_state()}                       # uint8 RNG state
-    meta = {"step": str(step), **{k: json.dumps(v) for k, v in extra.items()}}
+    tensors = {}
+    meta = {"step": str(step), "data_generator": json.dumps(gen.bit_generator.state),
+            **{k: json.dumps(v) for k, v in extra.items()}}
     for group in opt.param_groups:
         for p in group["params"]:
             for k, v in opt.state.get(p, {}).items():
@@ -163,12 +206,12 @@ def save_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, step: int, 
     os.replace(tmp, path)
 
 
-def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: torch.Generator) -> tuple[int, dict]:
+def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: np.random.Generator) -> tuple[int, dict]:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata())
     tensors = load_file(str(path))
-    gen.set_state(tensors.pop("data_generator"))
+    gen.bit_generator.state = json.loads(meta.pop("data_generator"))
     for n, p in lm.named_parameters():
         st = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.rsplit(".", 1)[0] == n}
         if st:
@@ -185,18 +228,20 @@ def dilated_params(lm: MambaLM, k: float) -> dict:
     return {n: p + math.log(k) for n, p in lm.named_parameters() if n.endswith("mixer.A_log")}
 
 
-def train_step(lm: MambaLM, opt: torch.optim.Adam, tokens: torch.Tensor, target: torch.Tensor,
-               k: float = 1.0) -> tuple[float, float]:
-    """One Adam step on the last-position loss. Returns (loss, batch accuracy)."""
-    if k == 1.0:
-        logits = lm(tokens, num_last_tokens=1)[:, -1, :]                       # [B, V]
-    else:
-        logits = functional_call(lm, dilated_params(lm, k), (tokens,), {"num_last_tokens": 1})[:, -1, :]
-    loss = F.cross_entropy(logits.float(), target)
+def train_step(lm: MambaLM, opt: torch.optim.Adam, tokens: torch.Tensor, queries: torch.Tensor,
+               answers: torch.Tensor, k: float = 1.0) -> tuple[float, float]:
+    """One Adam step on the loss at the query steps only (induction heads: the last position).
+    tokens [B, L], queries and answers [B, K]. Returns (loss, accuracy over the queries)."""
+    forward = None
+    if k != 1.0:
+        params = dilated_params(lm, k)
+        forward = lambda t, **kw: functional_call(lm, params, (t,), kw)  # noqa: E731
+    logits = query_logits(lm, tokens, queries, forward)                           # [B, K, V]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), answers.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach()), float((logits.detach().argmax(-1) == target).float().mean())
+    return float(loss.detach()), float((logits.detach().argmax(-1) == answers).float().mean())
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -206,20 +251,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     settings = asdict(cfg)
     torch.manual_seed(cfg.seed)                       # the initialisation
-    lm = MambaLM(MambaConfig(), device=cfg.device)
+    lm = MambaLM(cfg.model_config(), device=cfg.device)
     opt = torch.optim.Adam(lm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)     # the data stream (and the dilation draws)
+    gen = np.random.default_rng(cfg.seed)             # the data stream (and the dilation draws)
     step, state = 0, {"lengths_seen": [], "wall_s": 0.0, "streak": 0, "dilation_start": None}
     state_path, model_path = out / "optim.safetensors", out / "model.safetensors"
     if cfg.resume and state_path.exists():
-        from .checkpoint import load_checkpoint
         lm.load_state_dict(load_checkpoint(model_path, device=cfg.device).state_dict())
         step, state = load_train_state(state_path, lm, opt, gen)
         state.setdefault("dilation_start", None)
         prev = json.loads((out / "settings.json").read_text())
-        for key in ("seed", "batch", "lr"):
-            if prev[key] != settings[key]:
-                raise ValueError(f"--resume with {key}={settings[key]} but the run in {out} used {prev[key]}")
+        for key in ("seed", "batch", "lr", "ssm_cfg", "task", "task_options", "d_model", "n_layer"):
+            before = prev.get(key, getattr(TrainConfig, key))       # a flag older runs did not have: its default
+            if before != settings[key]:
+                raise ValueError(f"--resume with {key}={settings[key]!r} but the run in {out} used {before!r}")
     elif cfg.resume:
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     if cfg.dilation_max > 1 and cfg.dilation_from >= 0:
@@ -235,12 +280,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     write({"event": "settings", "step": step, **settings})   # a resumed run may change flags
 
     def save(val: dict):
-        task = task_metadata(
+        task = cfg.the_task.metadata(
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, schedule=cfg.schedule,
             dilation_max=cfg.dilation_max, dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
-            validation=val)
+            validation=val, options=cfg.options())
         save_checkpoint(lm, model_path, task=task)
         save_train_state(state_path, lm, opt, step, gen, state)
 
@@ -252,11 +297,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         L = cfg.length_at(step)
         if L not in state["lengths_seen"]:
             state["lengths_seen"].append(L)
-        b = induction_batch(cfg.batch, L, generator=gen, device=cfg.device)
+        b = task_batch(cfg.the_task, cfg.batch, L, gen, cfg.options())
         k = 1.0
         if cfg.dilation_max > 1 and state["dilation_start"] is not None and step >= state["dilation_start"]:
-            k = float(torch.exp(torch.rand((), generator=gen) * math.log(cfg.dilation_max)))
-        loss, acc = train_step(lm, opt, b.tokens, b.target, k)
+            k = float(np.exp(gen.random() * math.log(cfg.dilation_max)))
+        dev = lambda a: torch.from_numpy(a).to(cfg.device)  # noqa: E731
+        loss, acc = train_step(lm, opt, dev(b.tokens), dev(b.queries), dev(b.answers), k)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {step}")
         step += 1

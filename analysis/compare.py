@@ -1,16 +1,19 @@
-"""The mechanism tab's model side: checkpoints by name, the query prediction, Δ ratios, and the
+"""The Mechanism tab's analysis side: checkpoints by name, the query prediction, Δ ratios, and the
 hidden attention / interventions of one sequence on one checkpoint (numpy out; charts in viz/).
 
-    from model.compare import load_named, query_summary, run_intervention
-    lm = load_named("analytic-2layer.safetensors")
+    from analysis.compare import load_named, query_summary, run_intervention
+    lm = load_named("checkpoints", "analytic-2layer.safetensors")
     query_summary(lm, tokens)             # top token, p(M), Δ ratio [n_layer, D]
 
 Checkpoints are the `*.safetensors` files in one folder, loaded lazily once each and then shared
 read-only (eval mode, never mutated): no per-user state. A name outside that folder's listing is
-refused, so a request cannot name an arbitrary path.
+refused, so a request cannot name an arbitrary path. The task (which step writes M, which token M
+is) comes from the checkpoint's task metadata (`tasks.task_for`), induction heads when it has none;
+the Δ ratio and the memory channels are tasks/measures.py's.
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +21,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from viz.frames import delta_ratio
-from viz.sequences import task_positions
+from model import load_checkpoint, trace
+from model.interventions import AblateSSM, ClampDelta, ZeroState
+from tasks import INDUCTION, Task, task_for
+from tasks.measures import layer_ratios
+from tasks.measures import memory_channels as select_memory_channels
 
 from .analytic import MEMORY_CHANNELS, MEMORY_LAYER
-from .checkpoint import load_checkpoint
 from .hidden_attention import MAX_LEN, hidden_attention_for
-from .interventions import AblateSSM, ClampDelta, ZeroState, run_with_interventions
 
 # the mean over channels computes every channel's [L, L] α̃: measured ~4 s at L = 256 and ~19 s at
 # L = 512 on 2 busy cores, O(L^2), so minutes near 2048 would hold a worker; one channel is ~4 s there
@@ -51,50 +55,62 @@ def load_named(folder: Path, name: str, device="cpu"):
         return _CACHE[key]
 
 
-def _memory(tokens: np.ndarray):
-    """(write position, memory token M) of the first S M pair, or (None, None)."""
-    pos = task_positions(tokens)
-    return (pos.memory_pos[0], pos.memory_tokens[0]) if pos.memory_pos else (None, None)
+def task_of(lm_or_trace) -> Task:
+    """The task of a model (its `task` metadata) or of a Trace (meta["task"]); induction heads when
+    neither names a known task (a freshly initialised model)."""
+    meta = getattr(lm_or_trace, "task", None)
+    if meta is None and hasattr(lm_or_trace, "meta"):
+        meta = lm_or_trace.meta.get("task")
+    return task_for(meta) or INDUCTION
 
 
 @dataclass(frozen=True)
 class QueryPrediction:
     top: int                     # argmax token at the last position (16 = S)
     p_top: float
-    memory: Optional[int]        # M, or None when the sequence has no S M pair
+    memory: Optional[int]        # M, or None when the sequence writes nothing (no S M pair)
     p_memory: Optional[float]    # p(M) at the last position
     p_memory_t: Optional[np.ndarray]   # [L] p(M) at every step
 
 
 def prediction(tr) -> QueryPrediction:
     """The prediction at the last position (the query) of a Trace."""
-    _, m = _memory(tr.tokens)
+    pos = task_of(tr).positions(tr.tokens)
+    m = None if pos.first_write is None else int(tr.tokens[pos.first_write])
     last = tr.probs[-1]                                               # [V]
     top = int(np.argmax(last))
     return QueryPrediction(top, float(last[top]), m, None if m is None else float(last[m]),
                            None if m is None else tr.probs[:, m].astype(np.float64))
 
 
-def delta_ratios(tr) -> Optional[np.ndarray]:
-    """Δ at the write position / median Δ elsewhere: [n_layer, D], or None without an S M pair."""
-    pos, _ = _memory(tr.tokens)
-    frames = [delta_ratio(lt.delta, pos) for lt in tr.layers]
-    return None if frames[0] is None else np.stack([f["ratio"].to_numpy() for f in frames])
+def delta_ratios(tr, d_conv: int) -> Optional[np.ndarray]:
+    """The Δ ratio of tasks/measures.py (max Δ over the write window of the first write / median Δ
+    over the filler after it) of every layer and channel: [n_layer, D]; None without a write and filler."""
+    ratios = layer_ratios([lt.delta for lt in tr.layers], task_of(tr).positions(tr.tokens), d_conv)
+    return None if ratios is None else np.stack([r.ratio for r in ratios])
 
 
 def query_summary(lm, tokens: np.ndarray):
     """(QueryPrediction, Δ ratio [n_layer, D] or None) for one sequence."""
-    tr = lm.trace(tokens, include=("delta",))
-    return prediction(tr), delta_ratios(tr)
+    tr = trace(lm, tokens, include=("delta",))
+    return prediction(tr), delta_ratios(tr, lm.config.d_conv)
 
 
 def memory_channels(lm, tokens: np.ndarray, layer: int) -> list:
-    """The N_MEMORY_CHANNELS channels of `layer` with the largest Δ ratio at the write position
-    (for the closed-form model these are its memory channels 0..15 of layer 2)."""
+    """The N_MEMORY_CHANNELS channels of `layer` with the largest Δ ratio, sorted by index (for the
+    closed-form model these are its memory channels 0..15 of layer 2)."""
     _, ratio = query_summary(lm, tokens)
     if ratio is None:
-        raise ValueError("'memory channels' needs a trigger S followed by a memory token M in the sequence")
-    return sorted(np.argsort(-ratio[layer], kind="stable")[:N_MEMORY_CHANNELS].tolist())
+        raise ValueError("'memory channels' needs a trigger S followed by a memory token M and filler after it")
+    return sorted(select_memory_channels(ratio[layer], k=N_MEMORY_CHANNELS))
+
+
+def memory_channel_pairs(ratio: np.ndarray, min_ratio: float = 100.0) -> list:
+    """[(layer, channel)] of the memory channels in every layer (at most N_MEMORY_CHANNELS per layer,
+    each with a Δ ratio above min_ratio): the highlight of viz.mechanism.delta_ratio_chart.
+    ratio: [n_layer, D]."""
+    return [(li, c) for li, r in enumerate(np.asarray(ratio))
+            for c in select_memory_channels(r, k=N_MEMORY_CHANNELS, min_ratio=min_ratio)]
 
 
 def parse_channels(text: str, n_channels: int) -> list:
@@ -104,10 +120,10 @@ def parse_channels(text: str, n_channels: int) -> list:
         raise ValueError("give at least one channel (e.g. '3, 7, 88') or choose 'memory channels'")
     out = []
     for p in parts:
-        try:
-            c = int(p)
-        except ValueError:
-            raise ValueError(f"channel {p!r} is not a whole number (write e.g. '3, 7, 88')") from None
+        if not re.fullmatch(r"[0-9]{1,9}", p):              # ASCII digits; no huge numbers echoed
+            shown = p if len(p) <= 20 else p[:20] + "…"
+            raise ValueError(f"channel {shown!r} is not a whole number in range (write e.g. '3, 7, 88')")
+        c = int(p)
         if not 0 <= c < n_channels:
             raise ValueError(f"channel {c} is out of range 0..{n_channels - 1}")
         out.append(c)
@@ -155,12 +171,13 @@ def make_intervention(kind: str, layer: int, channels: Sequence[int], t: int, t_
 
 
 def run_intervention(lm, tokens: np.ndarray, intervention):
-    """(before, after) QueryPrediction of one sequence without / with the intervention."""
-    before = run_with_interventions(lm, tokens)
-    after = run_with_interventions(lm, tokens, [intervention])
+    """(before, after) QueryPrediction of one sequence without / with the intervention. Only the
+    logits are needed, so nothing per layer is recorded."""
+    before = trace(lm, tokens, include=())
+    after = trace(lm, tokens, include=(), interventions=[intervention])
     return prediction(before), prediction(after)
 
 
 __all__ = ["list_checkpoints", "load_named", "QueryPrediction", "prediction", "delta_ratios", "query_summary",
-           "memory_channels", "parse_channels", "attention_map", "MEAN_MAX_LEN", "INTERVENTIONS", "make_intervention",
-           "run_intervention", "MEMORY_LAYER"]
+           "memory_channels", "memory_channel_pairs", "parse_channels", "attention_map", "MEAN_MAX_LEN",
+           "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of"]

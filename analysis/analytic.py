@@ -1,7 +1,7 @@
 """A closed-form 2-layer Mamba that solves induction heads at any length, built by hand (no training).
 
-    python -m model.analytic                       # writes checkpoints/analytic-2layer.safetensors
-    python -m model.analytic --eval 6:20 --n-seq 16  # + accuracy / logit margin at 2^6 .. 2^20
+    python -m analysis.analytic                       # writes checkpoints/analytic-2layer.safetensors
+    python -m analysis.analytic --eval 6:20 --n-seq 16  # + accuracy / logit margin at 2^6 .. 2^20
 
 Same architecture and checkpoint format as the trained model (MambaConfig() defaults: 2 layers,
 d_model 64, D = 128 channels, N = 16, conv kernel 4, dt_rank R = 4, tied lm_head). The mechanism
@@ -68,10 +68,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import MambaConfig
-from .data import CONTENT_VOCAB, TRIGGER, induction_batch, task_metadata
-from .mamba import MambaLM
+from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+from tasks import INDUCTION
+from tasks.induction import CONTENT_VOCAB, TRIGGER
 
 DEFAULT_PATH = "checkpoints/analytic-2layer.safetensors"
 
@@ -174,7 +173,7 @@ def build_analytic_lm(cfg: MambaConfig | None = None) -> MambaLM:
         m2.out_proj.weight[m, m] = G / (y_q * gate_q)
 
     lm.backbone.norm_f.weight.fill_(W_F)
-    lm.task = task_metadata(train_len=0, construction="closed-form", memory_layer=MEMORY_LAYER,
+    lm.task = INDUCTION.metadata(train_len=0, construction="closed-form", memory_layer=MEMORY_LAYER,
                             memory_channels=list(MEMORY_CHANNELS), feature_layer=FEATURE_LAYER,
                             feature_channel=FEATURE_CHANNEL, delta_filler=float(F.softplus(
                                 torch.tensor(-C_OFF, dtype=torch.float64))))
@@ -193,9 +192,10 @@ def evaluate(lm: MambaLM, length: int, n_seq: int, seed: int = 0, batch: int = 1
     correct, margins = 0, []
     for b0 in range(0, n_seq, batch):
         nb = min(batch, n_seq - b0)
-        data = induction_batch(nb, length, seed=seed * 1_000_003 + b0)
-        logits = lm(data.tokens, num_last_tokens=1)[:, -1, :lm.config.vocab_size].double()  # [b, V]
-        tgt = data.target
+        data = INDUCTION.batch(nb, length, seed=seed * 1_000_003 + b0)
+        tokens = torch.from_numpy(data.tokens).to(lm.device)                                   # [b, L]
+        logits = lm(tokens, num_last_tokens=1)[:, -1, :lm.config.vocab_size].double().cpu()   # [b, V]
+        tgt = torch.from_numpy(data.target)                                                    # [b]
         best_other = logits.scatter(1, tgt[:, None], -math.inf).max(1).values
         margins.append(logits.gather(1, tgt[:, None])[:, 0] - best_other)
         correct += int((logits.argmax(1) == tgt).sum())
@@ -218,8 +218,10 @@ def weights_sha256(lm: MambaLM) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=DEFAULT_PATH)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_PATH, help="the checkpoint to write (kept when it already holds "
+                    "these weights)")
     ap.add_argument("--eval", default="", help="log2 length range to evaluate, e.g. 6:20 (inclusive)")
     ap.add_argument("--n-seq", type=int, default=16, help="sequences per length")
     ap.add_argument("--results", default="docs/mechanism/analytic-eval.json",

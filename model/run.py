@@ -1,0 +1,117 @@
+"""The one forward-with-records path and the one chunk loop.
+
+    res = run(lm, tokens)                                  # tokens [B, L] -> RunResult
+    res = run(lm, tokens, [ZeroState(1, [3], t=40)], include=("delta",), snapshots=[9, 99])
+    res.logits [B, L, V]; res.records[i]["delta"] [B, L, D]; res.snapshots[99][i].ssm [B, D, N]
+
+A sequence runs through `lm.forward_chunk` in time chunks of at most `chunk_len` tokens, carrying
+every layer's LayerState from one chunk to the next, so memory grows with the chunk, not with L.
+The chunks are also cut where the caller needs a boundary: before the step t of a state edit
+(ZeroState, PatchState: the state is edited between chunks) and after each snapshot step. Δ and
+output edits (ClampDelta, AblateSSM) run inside a chunk through MixerHooks.
+
+lm.forward (long no-grad inputs), model.trace and the analysis all run through here: no other
+module loops over chunks. With no interventions and no extra cuts the result is bit-identical to
+`lm(tokens)`; a different cut (another chunk_len, a snapshot) computes the same function and
+agrees to float rounding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .interventions import PatchState, ZeroState, chunk_hooks, state_edits, validate
+from .records import RecordSpec
+
+# tokens per time chunk: a chunk's activations stay small (~1k floats per token and layer for the
+# 2-layer model: ~32 MiB per layer at 8192) while the per-chunk overhead (Python, launches) is amortised
+STREAM_CHUNK = 8192
+
+
+@dataclass
+class RunResult:
+    logits: Tensor                         # [B, L or num_last_tokens, V]
+    final_states: list                     # [LayerState] * n_layer, after the last step
+    records: Optional[list]                # None, or per layer {name: [B, L, ...]} (include, + "states")
+    snapshots: dict                        # {t: [LayerState] * n_layer}, each layer's state just after step t
+
+
+def chunks(L: int, chunk_len: int, cuts: Sequence[int] = ()) -> Iterator[tuple[int, int]]:
+    """The spans [s, e) that cover 0..L: at most chunk_len long, starting at every multiple of
+    chunk_len and at every cut in 0 < cut < L."""
+    bounds = sorted({0, L} | set(range(0, L, chunk_len)) | {int(c) for c in cuts if 0 < c < L})
+    yield from zip(bounds[:-1], bounds[1:])
+
+
+@torch.no_grad()
+def run(lm, tokens: Tensor, interventions: Sequence = (), *, include: Sequence[str] = (), states: bool = False,
+        num_last_tokens: int = 0, snapshots: Sequence[int] = (), backend: Optional[str] = None,
+        chunk_len: Optional[int] = None) -> RunResult:
+    """Run tokens [B, L] through lm with interventions, recording what is asked for.
+
+    interventions: ClampDelta / ZeroState / PatchState / AblateSSM (model.interventions).
+    include: names from model.RECORDABLE (or a mixer's own, model.records.MIXER_SPECIFIC) to record
+    per layer, each [B, L, ...]; () = no records (records is None) unless states=True, which
+    records h_t [B, L, *state shape] as "states" (large).
+    num_last_tokens: > 0 keeps only the last logits rows (the chunks before still run for their states).
+    snapshots: steps t whose every-layer LayerState (just after step t) is returned.
+    chunk_len: tokens per chunk (default STREAM_CHUNK).
+    """
+    lm._check_tokens(tokens)
+    batch, L = tokens.shape
+    chunk_len = chunk_len or STREAM_CHUNK
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+    spec = RecordSpec(tuple(include), states) if include or states else None
+    interventions = list(interventions)
+    validate(lm, interventions, L)
+    snaps = sorted({int(t) for t in snapshots})
+    for t in snaps:
+        if not 0 <= t < L:
+            raise ValueError(f"snapshot step {t} is out of range 0..{L - 1}")
+    n_layer = lm.config.n_layer
+    sources = {id(iv): _source_state(lm, iv, batch, backend, chunk_len) for iv in interventions
+               if isinstance(iv, PatchState) and iv.t > 0}
+    edit_steps = [iv.t for iv in interventions if isinstance(iv, (ZeroState, PatchState))]
+    snap_at = {t + 1: t for t in snaps}            # a snapshot after step t is the state entering t + 1
+
+    cur, logits, records, out_snaps = None, [], None, {}
+    for s, e in chunks(L, chunk_len, [*edit_steps, *snap_at]):
+        if s > 0:   # t = 0: the state entering step 0 is zero, and so is a clean source's there
+            cur = state_edits(interventions, s, cur, sources)
+        n = e - s
+        # with num_last_tokens, a chunk with nothing to keep still runs for its states; its one
+        # logit row is dropped
+        keep = n if num_last_tokens <= 0 else min(n, max(0, e - (L - num_last_tokens)))
+        lg, cur, recs = lm.forward_chunk(tokens[:, s:e], cur, num_last_tokens=0 if keep == n else max(keep, 1),
+                                         spec=spec, backend=backend, hooks=chunk_hooks(interventions, n_layer, s, n))
+        if keep:
+            logits.append(lg)
+        if recs is not None:
+            records = records or [{} for _ in range(n_layer)]
+            for i, rec in enumerate(recs):
+                for k, a in rec.items():
+                    # filled in place: a list of chunks and a concatenation would hold the records twice
+                    if k not in records[i]:
+                        records[i][k] = a.new_empty((batch, L, *a.shape[2:]))
+                    records[i][k][:, s:e] = a
+        if e in snap_at:
+            out_snaps[snap_at[e]] = list(cur)
+    return RunResult(logits=torch.cat(logits, dim=1), final_states=cur, records=records, snapshots=out_snaps)
+
+
+def _source_state(lm, iv: PatchState, batch: int, backend, chunk_len: int) -> Tensor:
+    """h of iv.layer just before step iv.t (t > 0) in a clean run of iv.source_tokens: [B, ...]."""
+    src = torch.as_tensor(np.asarray(iv.source_tokens), dtype=torch.long, device=lm.device)
+    src = src[None] if src.dim() == 1 else src                          # [b, L']
+    if src.shape[0] not in (1, batch):
+        raise ValueError(f"PatchState: source_tokens batch {src.shape[0]} does not match {batch}")
+    h = run(lm, src[:, :iv.t], num_last_tokens=1, backend=backend, chunk_len=chunk_len).final_states[iv.layer].ssm
+    return h.expand(batch, *h.shape[1:])
+
+
+__all__ = ["run", "RunResult", "chunks", "STREAM_CHUNK"]

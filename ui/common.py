@@ -1,0 +1,252 @@
+"""What every tab's adapters share: the device, the model loaded once, bad input turned into a
+specific gr.Error, and the coercion of raw widget values.
+
+Every endpoint runs with `preprocess=False` (app.py): an adapter receives the JSON a client sent,
+not Gradio's conversion of it (which fails with a generic error on None in a checkbox group,
+NaN in a whole-number field, or echoes a 200k-character unknown choice). The coercers here are
+the only door: each names the field and the rule, and shows at most SHOWN_CHARS of the input.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Optional, Sequence
+
+import gradio as gr
+import numpy as np
+import torch
+
+from kernels import resolve_backend
+from kernels.cpu_memory import keep_freed_memory
+from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
+from tasks import INDUCTION, Task, task_for
+
+from .limits import HEAVY_CONCURRENCY
+
+try:                                     # Hugging Face ZeroGPU: the GPU is lent per decorated call
+    import spaces
+except ImportError:
+    spaces = None
+
+# ---------------------------------------------------------------- settings (one block)
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "induction-2layer.safetensors"
+CHECKPOINT_ENV = "MAMBASCOPE_CHECKPOINT"
+FRESH_SEED = 0                           # the untrained fallback model is reproducible
+CONCURRENCY = HEAVY_CONCURRENCY          # model runs at once, all heavy endpoints together (ui/limits.py)
+SHOWN_CHARS = 60                         # of the user's input, at most, in an error message
+MESSAGE_CHARS = 600                      # a whole error message, at most (a last guard)
+INT64 = (-(1 << 63), (1 << 63) - 1)      # whole numbers end up in int64 arrays
+ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
+DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cpu")
+
+
+def configure_cpu() -> None:
+    """Server setup on CPU (once, at start): one intra-op thread per concurrent request (with
+    CONCURRENCY requests on few cores more threads oversubscribe them: a 16k trace took 2.6 s
+    with 1 thread vs 55 s with 2 under load), and freed activations kept in the process."""
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
+        keep_freed_memory()
+
+
+# ---------------------------------------------------------------- the model, loaded once
+@dataclass(frozen=True)
+class Loaded:
+    lm: Optional[MambaLM]      # None when an explicitly requested checkpoint could not be loaded
+    label: str                 # short, for chart titles and file metadata
+    status: str                # Markdown banner
+    error: Optional[str]       # why lm is None
+    task: Task = INDUCTION     # what the tokens mean (the checkpoint's task; induction heads by default)
+    path: Optional[Path] = None   # the checkpoint file the model came from (None: untrained or failed)
+
+    @property
+    def config(self) -> MambaConfig:
+        """The loaded model's config (the default config when none is loaded): sizes for the widgets."""
+        return self.lm.config if self.lm is not None else MambaConfig()
+
+
+def load_model(requested: Optional[str], default: Path = DEFAULT_CHECKPOINT) -> Loaded:
+    """`requested` (flag or env var) must load; the `default` checkpoint may be absent (it is
+    being trained): then a seeded, freshly initialised model, and the banner says so."""
+    backend = resolve_backend(None, DEVICE)
+    path = Path(requested) if requested else Path(default)
+    try:
+        lm = load_checkpoint(path, device=DEVICE)
+    except CheckpointError as e:
+        if requested:
+            print(f"mambascope: {e}", file=sys.stderr)
+            return Loaded(None, "no model", f"❌ **Could not load the requested checkpoint.** {e}", str(e))
+        torch.manual_seed(FRESH_SEED)
+        lm = MambaLM(MambaConfig(), device=DEVICE).eval()
+        why = "not found" if not path.exists() else f"unreadable ({e})"
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        return Loaded(lm, f"untrained model (seed {FRESH_SEED})",
+                      f"⚠️ **Untrained model.** `{shown}` is {why}, so this is a freshly initialised "
+                      f"`MambaLM(MambaConfig())` (seed {FRESH_SEED}): its predictions are at chance. Pass "
+                      f"`--checkpoint PATH` or set `{CHECKPOINT_ENV}`. Scan backend: `{backend}` on `{DEVICE.type}`.",
+                      None)
+    task = task_for(lm.task) or INDUCTION
+    if task.vocab_size > lm.config.vocab_size:
+        e = f"{path.name}: vocabulary of {lm.config.vocab_size} tokens; its task {task.name} needs {task.vocab_size}"
+        return Loaded(None, "no model", f"❌ **Could not use the requested checkpoint.** {e}", e)
+    meta = lm.task or {}
+    trained = f", trained on {meta.get('name', '?')} at L = {meta['train_len']}" if "train_len" in meta else ""
+    return Loaded(lm, f"{path.stem} ({lm.checkpoint_sha256[:8]})",
+                  f"**Model** `{path.name}` · sha256 `{lm.checkpoint_sha256[:12]}…`{trained} · "
+                  f"{lm.config.n_layer} layers, d_model {lm.config.d_model} · scan backend `{backend}` "
+                  f"on `{DEVICE.type}`", None, task, path)
+
+
+MODEL = Loaded(None, "no model", "", "the app has not loaded a model yet")
+
+
+def start(requested: Optional[str]) -> Loaded:
+    """Load the app's model (once, at start) for every adapter."""
+    global MODEL
+    MODEL = load_model(requested)
+    return MODEL
+
+
+def model() -> MambaLM:
+    """The app's model, or a user error saying why there is none."""
+    if MODEL.lm is None:
+        raise ValueError(f"no model is loaded: {MODEL.error}")
+    return MODEL.lm
+
+
+def _gpu(fn):
+    """@spaces.GPU when the package is there (it does nothing outside a ZeroGPU Space)."""
+    return spaces.GPU(fn) if spaces is not None else fn
+
+
+@_gpu
+def run_trace(tokens: np.ndarray, include: Optional[tuple] = None):
+    """The one model call of the Explore tab: a Trace of numpy (CPU) arrays (backend: triton on
+    CUDA, else the CPU kernels). include: the per-layer quantities to keep (None = all; the charts
+    need only Δ and the norms, which at L = 2^16 is ~130 MB instead of ~400 MB)."""
+    return model().trace(tokens, include=include)
+
+
+def backend_note() -> str:
+    return f"{resolve_backend(None, DEVICE)} on {DEVICE.type}"
+
+
+# ---------------------------------------------------------------- errors
+def shown(x, n: int = SHOWN_CHARS) -> str:
+    """The user's value as an error message shows it: repr, cut at n characters."""
+    s = repr(x) if isinstance(x, str) else str(x)
+    return s if len(s) <= n else s[:n] + "…"
+
+
+def user_errors(fn):
+    """Bad input becomes a gr.Error with its specific message (never a stack trace, in the page
+    or in the server log); the inputs, the user's text among them, stay as they were. The
+    widgets carry no minimum/maximum: every limit is checked behind this, with our messages."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, CheckpointError) as e:      # TokenError is a ValueError
+            msg = str(e)
+            msg = msg if len(msg) <= MESSAGE_CHARS else msg[:MESSAGE_CHARS] + "…"
+            raise gr.Error(msg, print_exception=False) from e
+    return wrapper
+
+
+# ---------------------------------------------------------------- widget values -> typed values
+def _bound(v: int, field: str, lo: Optional[int], hi: Optional[int]) -> int:
+    lo = INT64[0] if lo is None else lo
+    hi = INT64[1] if hi is None else hi
+    if not lo <= v <= hi:
+        top = "2^63-1" if hi == INT64[1] else str(hi)
+        bottom = "-2^63" if lo == INT64[0] else str(lo)
+        raise ValueError(f"{field} {shown(v)} is out of range {bottom}..{top}")
+    return v
+
+
+def whole(x, field: str, lo: Optional[int] = None, hi: Optional[int] = None, optional: bool = False) -> Optional[int]:
+    """A whole-number widget's value (int, or a float with no fraction) -> int in [lo, hi]
+    (default: int64's range); None (an empty box) -> None where `optional`, else an error."""
+    if x is None or (optional and isinstance(x, str) and not x.strip()):
+        if optional:
+            return None
+        raise ValueError(f"{field} is empty: give a whole number")
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{field} must be a whole number, got {shown(x)}")
+    if isinstance(x, (float, np.floating)):
+        if not math.isfinite(x):
+            raise ValueError(f"{field} must be a finite whole number, got {x}")
+        if not float(x).is_integer():
+            raise ValueError(f"{field} must be a whole number, got {shown(x)}")
+    return _bound(int(x), field, lo, hi)
+
+
+def number(x, field: str, lo: float, hi: float) -> float:
+    """A number widget's value -> a finite float in [lo, hi]."""
+    if x is None:
+        raise ValueError(f"{field} is empty: give a number")
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{field} must be a number, got {shown(x)}")
+    if not math.isfinite(float(x)) or not lo <= float(x) <= hi:
+        raise ValueError(f"{field} {shown(x)} is out of range {lo:g}..{hi:g}")
+    return float(x)
+
+
+def choice(x, field: str, options: Sequence[str]) -> str:
+    """One of `options` (a radio button or a dropdown), compared as text."""
+    if not isinstance(x, (str, int, float)) or isinstance(x, bool) or str(x) not in [str(o) for o in options]:
+        raise ValueError(f"unknown {field} {shown(x)}; choose one of {', '.join(map(repr, map(str, options)))}")
+    return str(x)
+
+
+def choices(x, field: str, options: Sequence[str]) -> list:
+    """A checkbox group's value: a list of distinct `options` (possibly empty)."""
+    if x is None:
+        return []
+    if not isinstance(x, (list, tuple)):
+        raise ValueError(f"{field} must be a list of choices, got {shown(x)}")
+    return sorted({choice(v, field, options) for v in x}, key=list(map(str, options)).index)
+
+
+def flag(x, field: str) -> bool:
+    """A checkbox's value: true or false."""
+    if not isinstance(x, bool):
+        raise ValueError(f"{field} must be true or false, got {shown(x)}")
+    return x
+
+
+def text(x, field: str) -> str:
+    """A text box's value: text (None = empty)."""
+    if x is None:
+        return ""
+    if not isinstance(x, str):
+        raise ValueError(f"{field} must be text, got {type(x).__name__}")
+    return x
+
+
+def tokens(x) -> np.ndarray:
+    """The token text box -> int64 [L] ids in the loaded task's vocabulary (tasks' parser: its
+    errors name the token and show at most 20 characters of it)."""
+    return MODEL.task.parse(text(x, "the sequence"))
+
+
+def layer_names(n_layer: int) -> list:
+    return [f"layer {i + 1}" for i in range(n_layer)]
+
+
+def layer_index(x, n_layer: int, field: str = "layer") -> int:
+    """'layer 2' -> 1, checked against n_layer."""
+    s = x if isinstance(x, str) else None
+    parts = s.split() if s is not None else []
+    if len(parts) != 2 or parts[0] != "layer" or not parts[1].isascii() or not parts[1].isdigit() \
+            or len(parts[1]) > 6:
+        raise ValueError(f"unknown {field} {shown(x)}; choose e.g. 'layer 1'")
+    i = int(parts[1])
+    if not 1 <= i <= n_layer:
+        raise ValueError(f"{field} {i} is out of range 1..{n_layer}")
+    return i - 1

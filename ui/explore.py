@@ -1,0 +1,114 @@
+"""The Explore tab's adapters: widgets in, (chart, summary) or token text out.
+
+One function per view, its parameters mirroring the widgets one to one (app.py wires them). A
+view is a pure function of the widgets: every edit re-runs the model (8 ms at L=256), so no trace
+is kept between calls and nothing mutable is shared between users. The generator, presets and
+quick edits are the induction task's (tasks/induction.py); the charts viz/'s.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from gradio.components.plot import PlotData
+
+from tasks import induction as ind
+from viz import charts, summary
+from viz.frames import MAX_BINS_LIMIT, TraceView, clamp_window, time_bins
+
+from . import common
+from .common import user_errors
+
+VIEW_QUANTITIES = ("delta", "state_norm")   # what the charts draw (exports take everything)
+SORTS = {"index": "index", "Δ ratio": "ratio"}     # the channel-order radio -> dashboard's sort
+BIN_STATS = ("max", "mean")
+
+
+def layer_choices() -> list:
+    return common.layer_names(common.MODEL.config.n_layer)
+
+
+def first_text() -> str:
+    """The text box's content when the page opens: the paper's setup."""
+    return ind.INDUCTION.format(ind.INDUCTION.realize(ind.PRESETS["Paper setup (L=256)"]))
+
+
+def trace_view(tokens_text, include: Optional[tuple] = VIEW_QUANTITIES):
+    """(Trace, TraceView, seconds the model took) of the text box's sequence."""
+    tokens = common.tokens(tokens_text)
+    common.model()
+    t = time.perf_counter()
+    tr = common.run_trace(tokens, include)
+    return tr, TraceView.from_trace(tr, common.MODEL.task, label=common.MODEL.label), time.perf_counter() - t
+
+
+def view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat) -> dict:
+    """The view widgets -> dashboard's keyword arguments, each checked and named."""
+    picked = common.choices(layers, "layer", layer_choices())
+    if not picked:
+        raise ValueError("choose at least one layer to show")
+    return {"sort": SORTS[common.choice(channel_sort, "channel order", list(SORTS))],
+            "max_bins": common.whole(max_bins, "time bins", 1, MAX_BINS_LIMIT),
+            "t_from": common.whole(t_from, "window from t", optional=True),
+            "t_to": common.whole(t_to, "window to t", optional=True),
+            "layers": [common.layer_index(s, common.MODEL.config.n_layer) for s in picked],
+            "stat": common.choice(bin_stat, "bin statistic", BIN_STATS)}
+
+
+def chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat):
+    """(compound chart, summary Markdown) of the view; no error conversion (callers add it)."""
+    settings = view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+    _, view, seconds = trace_view(tokens_text)
+    chart = charts.dashboard(view, **settings)
+    width = time_bins(*clamp_window(view.length, settings["t_from"], settings["t_to"]), settings["max_bins"]).width
+    note = f"<br><small>model run: {seconds * 1000:.0f} ms ({common.backend_note()})</small>"
+    return chart, summary.describe(view, width) + note
+
+
+@user_errors
+def show(tokens_text: str, channel_sort: str, max_bins: float, t_from: Optional[float], t_to: Optional[float],
+         layers: list, bin_stat: str):
+    """The whole view: (compound chart, summary Markdown)."""
+    return chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+
+
+def show_plot(tokens_text: str, channel_sort: str, max_bins: float, t_from: Optional[float],
+              t_to: Optional[float], layers: list, bin_stat: str):
+    """`show` for gr.Plot: the spec serialised here without a second schema validation (gr.Plot
+    would call chart.to_json(), which re-validates: ~0.5 s per trace; tests validate the specs)."""
+    chart, text = show(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+    return PlotData(type="altair", plot=charts.spec_json(chart)), text
+
+
+@user_errors
+def generate(length: float, trigger_pos: float, memory: float, seed: float, n_triggers: float,
+             filler_excludes_memory: bool, memory_in_filler_every: float) -> str:
+    g = ind.Generator(length=common.whole(length, "length"),
+                      trigger_pos=common.whole(trigger_pos, "trigger position"),
+                      memory=common.whole(memory, "memory token"),
+                      seed=common.whole(seed, "seed", 0),
+                      n_triggers=common.whole(n_triggers, "number of triggers"),
+                      filler_excludes_memory=common.flag(filler_excludes_memory, "filler excludes M"),
+                      memory_in_filler_every=common.whole(memory_in_filler_every, "M in filler every"))
+    return ind.INDUCTION.format(ind.INDUCTION.realize(g))
+
+
+@user_errors
+def apply_preset(name: str):
+    """A preset fills the generator widgets and the text box (then the view re-runs)."""
+    g = ind.PRESETS[common.choice(name, "preset", list(ind.PRESETS))]
+    text = ind.INDUCTION.format(ind.INDUCTION.realize(g))
+    return (g.length, g.trigger_pos, g.memory, g.seed, g.n_triggers, g.filler_excludes_memory,
+            g.memory_in_filler_every, text, ind.PRESET_NOTES[name])
+
+
+@user_errors
+def set_memory(tokens_text: str, memory: float) -> str:
+    tokens = common.tokens(tokens_text)
+    return ind.INDUCTION.format(ind.set_memory_token(tokens, common.whole(memory, "memory token")))
+
+
+@user_errors
+def move_trigger(tokens_text: str, position: float) -> str:
+    tokens = common.tokens(tokens_text)
+    return ind.INDUCTION.format(ind.move_trigger(tokens, common.whole(position, "trigger position")))

@@ -1,0 +1,156 @@
+"""The Mechanism tab's adapters: the Explore tab's sequence on chosen checkpoints — two side by
+side (prediction and Δ ratio), the hidden attention α̃ of a layer, and interventions.
+
+The checkpoints are the `*.safetensors` files in CHECKPOINT_DIR (analysis.compare loads each once,
+read-only) plus the model the app was started with (`--checkpoint` / MAMBASCOPE_CHECKPOINT, or the
+untrained fallback) when it is not one of those files: `checkpoint_names()`. A name outside that
+list is refused, so a request cannot name an arbitrary path.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from gradio.components.plot import PlotData
+
+from analysis import compare
+from viz import charts, mechanism
+from viz.intervention import p_target_chart
+
+from . import common
+from .common import shown, user_errors
+
+CHECKPOINT_DIR = common.ROOT / "checkpoints"
+ATTENTION_MAX_BINS = 96                  # hidden attention <= 96 x 96 cells: the lower triangle's 4,656
+                                         # rects stay under Altair's 5,000-row limit for DataFrames
+MEAN_CHANNELS = "mean over channels"     # channel choice: mean |α̃| over all channels
+MEMORY_CHANNELS = "memory channels"      # channel text: the 16 top-Δ-ratio channels of the layer
+CLAMP_RANGE = (0.0, 1000.0)              # Δ is a softplus output (>= 0); at 1000 exp(Δ·A) is 0 for any
+                                         # A of these models already, and fp32 stays far from overflow
+CHANNEL_CHARS = 12                       # a channel id longer than this is not one (its text is not echoed)
+
+
+def _started() -> Optional[str]:
+    """The choice naming the app's own model, or None when that model is one of the folder's files
+    (or there is no model)."""
+    m = common.MODEL
+    if m.lm is None:
+        return None
+    if m.path is not None and m.path.parent.resolve() == CHECKPOINT_DIR.resolve():
+        return None
+    return f"{m.path.name if m.path is not None else m.label} (loaded at start)"
+
+
+def checkpoint_names() -> list:
+    """The folder's checkpoints, then the app's own model when it is not among them."""
+    started = _started()
+    return compare.list_checkpoints(CHECKPOINT_DIR) + ([started] if started else [])
+
+
+def default_pair() -> tuple:
+    """(first, second) choice: the app's own model (or the default file) and the closed-form one."""
+    names = checkpoint_names()
+    own = _started() or (common.MODEL.path.name if common.MODEL.path is not None else None)
+    first = own if own in names else common.DEFAULT_CHECKPOINT.name if common.DEFAULT_CHECKPOINT.name in names \
+        else (names or [None])[0]
+    second = next((n for n in names if n.startswith("analytic")), first)
+    return first, second
+
+
+def _model(name):
+    """The model a checkpoint choice names."""
+    names = checkpoint_names()
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(f"unknown checkpoint {shown(name)}; choose one of {', '.join(names) or '(none found)'}")
+    if name == _started():
+        return common.MODEL.lm
+    return compare.load_named(CHECKPOINT_DIR, name, common.DEVICE)
+
+
+def _plot(chart) -> PlotData:
+    return PlotData(type="altair", plot=charts.spec_json(chart))
+
+
+def _ratio_note(ratio: Optional[np.ndarray]) -> str:
+    if ratio is None:
+        return "no write and filler: no Δ ratio"
+    return " · ".join(f"layer {i + 1}: max Δ ratio {r.max():.3g} (ch {int(r.argmax())})" for i, r in enumerate(ratio))
+
+
+def _channel(choice, n_channels: int) -> Optional[int]:
+    """The channel dropdown: an id in 0..n_channels-1, or None for the mean over channels."""
+    if choice is None or (isinstance(choice, str) and choice.strip() == MEAN_CHANNELS):
+        return None
+    s = str(choice).strip() if isinstance(choice, (str, int)) and not isinstance(choice, bool) else ""
+    if not (s.isascii() and s.isdigit() and len(s) <= CHANNEL_CHARS):
+        raise ValueError(f"channel {shown(choice)} is not a whole number or {MEAN_CHANNELS!r}")
+    c = int(s)
+    if not 0 <= c < n_channels:
+        raise ValueError(f"channel {c} is out of range 0..{n_channels - 1}")
+    return c
+
+
+def _channels(text: str, lm, tokens: np.ndarray, layer: int) -> list:
+    """The intervention's channel text: 'memory channels' or ids like '3, 7, 88'."""
+    if text.strip().lower() == MEMORY_CHANNELS:
+        return compare.memory_channels(lm, tokens, layer)
+    long = next((p for p in text.replace(",", " ").split() if len(p) > CHANNEL_CHARS), None)
+    if long is not None:
+        raise ValueError(f"channel {shown(long, 20)} is not a whole number (write e.g. '3, 7, 88')")
+    return compare.parse_channels(text, lm.config.d_inner)
+
+
+@user_errors
+def compare_checkpoints(tokens_text: str, checkpoint_a: str, checkpoint_b: str):
+    """The same sequence on two checkpoints: (Markdown table, Δ-ratio chart A, Δ-ratio chart B)."""
+    tokens = common.tokens(tokens_text)
+    rows, plots = [], []
+    for name in (checkpoint_a, checkpoint_b):
+        lm = _model(name)
+        pred, ratio = compare.query_summary(lm, tokens)
+        rows.append((name, pred.top, pred.p_top, pred.memory, pred.p_memory, _ratio_note(ratio)))
+        plots.append(None if ratio is None else _plot(mechanism.delta_ratio_chart(
+            ratio, label=name, highlight=compare.memory_channel_pairs(ratio))))
+    return mechanism.prediction_markdown(rows, common.MODEL.task.labels), plots[0], plots[1]
+
+
+@user_errors
+def show_attention(tokens_text: str, checkpoint: str, layer: str, channel: str) -> PlotData:
+    """Hidden attention α̃ of one layer (one channel or mean |α̃|), binned to ATTENTION_MAX_BINS."""
+    tokens = common.tokens(tokens_text)
+    lm = _model(checkpoint)
+    li = common.layer_index(layer, lm.config.n_layer)
+    ch = _channel(channel, lm.config.d_inner)
+    alpha = compare.attention_map(lm, tokens, li, ch)
+    what = MEAN_CHANNELS + " of |α̃|" if ch is None else f"channel {ch}"
+    return _plot(mechanism.hidden_attention_chart(alpha, tokens=tokens, max_bins=ATTENTION_MAX_BINS,
+                                                  title=f"{checkpoint}: layer {li + 1}, {what}"))
+
+
+@user_errors
+def intervene(tokens_text: str, checkpoint: str, kind: str, layer: str, channels_text: str,
+              timestep: Optional[float], until: Optional[float], value: float):
+    """Query prediction before vs after one intervention: (Markdown table, p(M)-over-t chart).
+    timestep empty = the write position (the memory token M after the first S)."""
+    tokens = common.tokens(tokens_text)
+    lm = _model(checkpoint)
+    kind = common.choice(kind, "intervention", compare.INTERVENTIONS)
+    li = common.layer_index(layer, lm.config.n_layer)
+    t = common.whole(timestep, "timestep", optional=True)
+    end = common.whole(until, "until t", optional=True)
+    clamp = common.number(value, "clamp Δ to", *CLAMP_RANGE) if kind == "clamp Δ" else 0.0
+    channels_text = common.text(channels_text, "channels")
+    if t is None:
+        t = common.MODEL.task.positions(tokens).first_write
+        if t is None:
+            raise ValueError("give a timestep: the sequence has no S M pair whose write position to default to")
+    channels = () if kind == "ablate layer SSM output" else _channels(channels_text, lm, tokens, li)
+    iv = compare.make_intervention(kind, li, channels, t, end, clamp, len(tokens))
+    before, after = compare.run_intervention(lm, tokens, iv)
+    where = f"layer {li + 1}, t = {t}" + (f", channels {', '.join(map(str, channels))}" if channels else "")
+    md = mechanism.prediction_markdown([("before", before.top, before.p_top, before.memory, before.p_memory, ""),
+                                        ("after", after.top, after.p_top, after.memory, after.p_memory,
+                                         f"{kind} ({where})")], common.MODEL.task.labels)
+    chart = None if before.p_memory_t is None else _plot(p_target_chart(
+        before.p_memory_t, after.p_memory_t, title=f"p(M) before vs after {kind}, {where}", y_title="p(M)"))
+    return md, chart

@@ -1,0 +1,213 @@
+"""Permalinks: the whole view in the URL's query string, and back.
+
+    ?gen=256,-1,-1,0,1,0,0&sort=ratio&bins=64&layers=1,2&stat=max&tab=explore&model=1a2b3c4d5e6f
+    ?seq=3,7,1,S,9,4,S&from=2&to=6 ...        # a short sequence, token by token
+    ?h=9f86d081884c7d65 ...                   # a long sequence the server has seen, by hash
+
+The sequence goes in as the generator's settings when the text box holds exactly what they
+generate (any length up to 2^16 in ~20 characters), else token by token up to URL_TOKENS
+tokens, else as HASH_DIGITS hex digits of its sha256: the server keeps the last SEEN_MAX
+sequences it made links for (in memory, since its start); an unknown hash opens the default
+view and says why. Never 65k tokens in a URL.
+
+`link(...)` (the "copy link" button) mirrors the widgets; `open_link(query)` returns the widget
+values a query string sets; `restore(request)` is the page's load event (gr.Request.query_params).
+Both are light (numpy only). A value a link cannot hold (a typo in a hand-edited URL) falls
+back to the default and the note names it; nothing raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import astuple, dataclass, fields, replace
+from typing import Optional
+from urllib.parse import parse_qs, urlencode
+
+import gradio as gr
+import numpy as np
+
+from tasks import induction as ind
+from viz.frames import MAX_BINS_DEFAULT, MAX_BINS_LIMIT
+
+from . import common, explore, mechanism
+
+URL_TOKENS = 1024                        # at most this many tokens written out in a link (~3 KB)
+HASH_DIGITS = 16
+SEEN_MAX = 512                           # sequences remembered for hash links (LRU) ...
+SEEN_TOKENS = 1 << 23                    # ... holding at most 8M tokens (int16: 16 MiB)
+QUERY_CHARS = 16_384                     # a longer query string is not one of ours
+TABS = ("explore", "mechanism", "patching", "lens")
+_SEEN: OrderedDict = OrderedDict()       # hash -> int16 tokens
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything a link restores; the defaults are the page's first view."""
+    text: str
+    generator: ind.Generator
+    sort: str = "index"
+    bins: int = MAX_BINS_DEFAULT
+    t_from: Optional[int] = None
+    t_to: Optional[int] = None
+    layers: tuple = ()                    # layer names; () = all
+    stat: str = "max"
+    checkpoint: Optional[str] = None
+    compare: Optional[str] = None
+    tab: str = "explore"
+
+
+def default_view() -> View:
+    g = ind.PRESETS["Paper setup (L=256)"]
+    first, second = mechanism.default_pair()
+    return View(explore.first_text(), g, layers=tuple(explore.layer_choices()), checkpoint=first, compare=second)
+
+
+# ---------------------------------------------------------------- sequences by hash
+def sequence_hash(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:HASH_DIGITS]
+
+
+def remember(tokens: np.ndarray) -> str:
+    """Keep `tokens` for hash links (least recently used ones go first); returns its hash."""
+    h = sequence_hash(tokens)
+    with _LOCK:
+        _SEEN[h] = np.asarray(tokens, dtype=np.int16)
+        _SEEN.move_to_end(h)
+        while len(_SEEN) > SEEN_MAX or sum(a.size for a in _SEEN.values()) > SEEN_TOKENS:
+            _SEEN.popitem(last=False)
+    return h
+
+
+def recall(h: str) -> np.ndarray:
+    with _LOCK:
+        if h not in _SEEN:
+            raise ValueError(f"the link's sequence {common.shown(h, 20)} is not known to this server (it keeps the "
+                             f"last {SEEN_MAX} long sequences it made links for, since its start): the default "
+                             "sequence is shown; links to generated sequences keep working")
+        _SEEN.move_to_end(h)
+        return _SEEN[h].astype(np.int64)
+
+
+# ---------------------------------------------------------------- widgets -> query string
+def _generator(values) -> Optional[ind.Generator]:
+    """The generator widgets' values as a Generator, or None when they are not valid."""
+    try:
+        length, trig, mem, seed, n_trig, excl, every = values
+        return ind.Generator(length=common.whole(length, "length"), trigger_pos=common.whole(trig, "trigger"),
+                             memory=common.whole(mem, "memory"), seed=common.whole(seed, "seed", 0),
+                             n_triggers=common.whole(n_trig, "triggers"), filler_excludes_memory=common.flag(excl, "x"),
+                             memory_in_filler_every=common.whole(every, "every"))
+    except (ValueError, TypeError):
+        return None
+
+
+def _sequence_query(tokens: np.ndarray, g: Optional[ind.Generator]) -> dict:
+    if g is not None:
+        try:
+            if np.array_equal(ind.INDUCTION.realize(g), tokens):
+                return {"gen": ",".join(str(int(v)) for v in astuple(g))}
+        except ValueError:                       # settings that generate nothing
+            pass
+    if len(tokens) <= URL_TOKENS:
+        return {"seq": common.MODEL.task.format(tokens).replace(" ", ",")}
+    return {"h": remember(tokens)}
+
+
+@common.user_errors
+def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory,
+         memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers, bin_stat, checkpoint_a,
+         checkpoint_b, tab) -> str:
+    """The query string ('?...') of the current view; the page prefixes its own address."""
+    tokens = common.tokens(tokens_text)
+    settings = explore.view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+    g = _generator((length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory, memory_in_filler_every))
+    q = _sequence_query(tokens, g)
+    q["sort"] = common.choice(channel_sort, "channel order", list(explore.SORTS))
+    q["bins"] = settings["max_bins"]
+    for key, v in (("from", settings["t_from"]), ("to", settings["t_to"])):
+        if v is not None:
+            q[key] = v
+    q["layers"] = ",".join(str(i + 1) for i in settings["layers"])
+    q["stat"] = settings["stat"]
+    names = mechanism.checkpoint_names()
+    for key, v in (("ckpt", checkpoint_a), ("cmp", checkpoint_b)):
+        if isinstance(v, str) and v in names:
+            q[key] = v
+    q["tab"] = common.choice(tab or "explore", "tab", TABS)
+    if common.MODEL.lm is not None and common.MODEL.lm.checkpoint_sha256:
+        q["model"] = common.MODEL.lm.checkpoint_sha256[:12]
+    return "?" + urlencode(q, safe=",")
+
+
+# ---------------------------------------------------------------- query string -> widgets
+def parse(query: dict) -> tuple:
+    """{key: value} (a parsed query string) -> (View, [notes about what could not be restored])."""
+    view, notes = default_view(), []
+
+    def take(key, convert):
+        nonlocal view
+        if key not in query:
+            return
+        try:
+            view = replace(view, **convert(query[key]))
+        except (ValueError, TypeError, KeyError) as e:
+            notes.append(f"`{key}`: {e}" if str(e) else f"`{key}` {common.shown(query[key], 40)} is not valid")
+
+    def gen(v):
+        parts = v.split(",")
+        if len(parts) != len(fields(ind.Generator)):
+            raise ValueError(f"gen needs {len(fields(ind.Generator))} comma-separated values")
+        ints = [common.whole(int(p) if p.lstrip("-").isdigit() and len(p) < 20 else p, f"gen value {i + 1}")
+                for i, p in enumerate(parts)]
+        g = ind.Generator(*ints[:5], bool(ints[5]), ints[6])
+        return {"generator": g, "text": ind.INDUCTION.format(ind.INDUCTION.realize(g))}
+
+    def whole(v, name, lo=None, hi=None):
+        return common.whole(int(v) if v.lstrip("-").isdigit() and len(v) < 20 else v, name, lo, hi)
+
+    take("gen", gen)
+    take("seq", lambda v: {"text": common.MODEL.task.format(common.tokens(v.replace(",", " ")))})
+    take("h", lambda v: {"text": common.MODEL.task.format(recall(v))})
+    take("sort", lambda v: {"sort": common.choice(v, "channel order", list(explore.SORTS))})
+    take("bins", lambda v: {"bins": whole(v, "time bins", 1, MAX_BINS_LIMIT)})
+    take("from", lambda v: {"t_from": whole(v, "window from t")})
+    take("to", lambda v: {"t_to": whole(v, "window to t")})
+    take("layers", lambda v: {"layers": tuple(common.choices([f"layer {p}" for p in v.split(",") if p], "layer",
+                                                             explore.layer_choices()))})
+    take("stat", lambda v: {"stat": common.choice(v, "bin statistic", explore.BIN_STATS)})
+    names = mechanism.checkpoint_names()
+    take("ckpt", lambda v: {"checkpoint": common.choice(v, "checkpoint", names)})
+    take("cmp", lambda v: {"compare": common.choice(v, "checkpoint", names)})
+    take("tab", lambda v: {"tab": common.choice(v, "tab", TABS)})
+    own = common.MODEL.lm.checkpoint_sha256[:12] if common.MODEL.lm is not None and common.MODEL.lm.checkpoint_sha256 \
+        else None
+    if "model" in query and query["model"] != own:
+        notes.append(f"the link was made with model `{common.shown(query['model'], 20)}`; this server runs "
+                     f"`{own or 'no saved checkpoint'}`")
+    return view, notes
+
+
+def outputs(view: View, notes: list) -> tuple:
+    """The values of the widgets a link sets, in app.py's `link_outputs` order."""
+    g = view.generator
+    note = ("⚠️ This link could not be restored in full: " + "; ".join(notes)) if notes else ""
+    return (view.text, g.length, g.trigger_pos, g.memory, g.seed, g.n_triggers, g.filler_excludes_memory,
+            g.memory_in_filler_every, view.sort, view.bins, view.t_from, view.t_to, list(view.layers), view.stat,
+            view.checkpoint, view.compare, view.tab, gr.Tabs(selected=view.tab), note)
+
+
+def open_link(query: str) -> tuple:
+    """A query string ('?gen=...' or 'gen=...') -> the widget values it sets (+ a note on what it could not)."""
+    query = common.text(query, "link")
+    if len(query) > QUERY_CHARS:
+        return outputs(default_view(), [f"the query string has {len(query):,} characters, over {QUERY_CHARS:,}"])
+    parsed = {k: v[-1] for k, v in parse_qs(query.lstrip("?"), keep_blank_values=True).items()}
+    return outputs(*parse(parsed))
+
+
+def restore(request: gr.Request) -> tuple:
+    """The page's load event: the view its URL's query string names (the default view without one)."""
+    params = dict(request.query_params) if request is not None else {}
+    return outputs(*parse(params))
