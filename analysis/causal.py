@@ -17,7 +17,7 @@ from model.interventions import AblateSSM, ClampDelta, PatchState, ZeroState
 from tasks.measures import Windows, delta_ratio
 
 from .results import Freeze, Interventions, Layer1Dependence, LongStream
-from .runs import accuracy, batch, predict
+from .runs import accuracy, batch, n_units, predict
 
 if TYPE_CHECKING:
     from .mechanism import Settings
@@ -30,7 +30,7 @@ def interventions(lm, cfg: Settings, layer: int, mem: list, win: Windows) -> Int
     data, tokens = batch(cfg, cfg.interv_seqs, 4)
     other, other_tokens = batch(cfg, cfg.interv_seqs, 5)
     W0, W1 = win.write
-    P, L, D = cfg.trigger_pos, cfg.length, lm.config.d_inner
+    P, L, D = cfg.trigger_pos, cfg.length, n_units(lm)
 
     def acc(ivs, target=data.target) -> float:
         return float((predict(lm, tokens, ivs) == target).mean())

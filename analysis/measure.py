@@ -26,7 +26,7 @@ from .compare import task_of
 from .hidden_attention import hidden_attention, layer_A
 from .probes import channel_accuracy, joint_probe
 from .results import Attention, CheckpointResult, DeltaSelectivity, LayerProbe, PredictedHorizon, Probes
-from .runs import accuracy, batch, states_at, write_windows
+from .runs import accuracy, batch, n_units, states_at, unit_A, write_windows
 
 if TYPE_CHECKING:
     from .mechanism import Settings
@@ -55,16 +55,16 @@ def delta_selectivity(lm, cfg: Settings, win: Windows) -> tuple:
 
 
 def probes(lm, cfg: Settings, win: Windows) -> tuple:
-    """(Probes, states just after the write window [n_layer, B, D, N]): per-channel and joint ridge
+    """(Probes, states just after the write window [n_layer, B, U, F]): per-unit and joint ridge
     probes for M at `distances` steps after M; the memory layer is the one whose joint probe is best."""
     n_tr, n_te = cfg.probe_train, cfg.probe_test
     data, tokens = batch(cfg, n_tr + n_te, 2)
     times = [cfg.trigger_pos + 1 + t for t in cfg.distances]
     end = win.write[1] - 1                                                       # last step of the window
-    st = states_at(lm, tokens, times + [end])                                    # t -> [nl, B, D, N]
+    st = states_at(lm, tokens, times + [end])                                    # t -> [nl, B, U, F]
     y = torch.from_numpy(data.target)
     ytr, yte = y[:n_tr], y[n_tr:]
-    n_layer, D = lm.config.n_layer, lm.config.d_inner
+    n_layer, D = lm.config.n_layer, n_units(lm)
     acc = np.zeros((n_layer, len(times), D))
     for k, t in enumerate(times):
         for li in range(n_layer):
@@ -89,10 +89,11 @@ def probes(lm, cfg: Settings, win: Windows) -> tuple:
 
 
 def predicted_horizon(lm, layer: int, mem: list, h0: torch.Tensor, filler_mean: np.ndarray) -> PredictedHorizon:
-    """1/(mean filler Δ · |A|_eff) per memory channel; h0 [B, D, N] the state after the write window."""
-    A = torch.as_tensor(layer_A(lm, layer)).double()                            # [D, N]
-    w = h0.square() / h0.square().sum(-1, keepdim=True).clamp_min(1e-300)       # [B, D, N] energy share
-    a_eff = (w * A.abs()[None]).sum(-1).mean(0).numpy()                         # [D]
+    """1/(mean filler Δ · |A|_eff) per memory unit; h0 [B, U, F] the state after the write window.
+    |A|_eff is |A| weighted by where the written state's energy is (a Mamba-2 head has one A)."""
+    A = torch.from_numpy(unit_A(lm, layer, h0.shape[-1]).copy())                # [U, F]
+    w = h0.square() / h0.square().sum(-1, keepdim=True).clamp_min(1e-300)       # [B, U, F] energy share
+    a_eff = (w * A[None]).sum(-1).mean(0).numpy()                               # [U]
     pred = 1.0 / np.maximum(filler_mean * a_eff, 1e-300)
     on = [float(pred[c]) for c in mem]
     return PredictedHorizon(a_eff=a_eff, per_channel={int(c): v for c, v in zip(mem, on)},

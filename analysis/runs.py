@@ -50,8 +50,22 @@ def predict(lm, tokens: torch.Tensor, interventions=()) -> np.ndarray:
 
 
 def states_at(lm, tokens: torch.Tensor, times) -> dict:
-    """{t: [n_layer, B, D, N] fp64}: every layer's h just after step t (model.run's snapshots; the
-    run stops after the last t)."""
+    """{t: [n_layer, B, U, F] fp64}: every layer's h just after step t (model.run's snapshots; the
+    run stops after the last t), one row of F state values per unit: a Mamba-1 channel's N, a
+    Mamba-2 head's P x N."""
     times = sorted({int(t) for t in times})
     res = run(lm, tokens[:, :times[-1] + 1], num_last_tokens=1, snapshots=times)
-    return {t: torch.stack([s.ssm.double() for s in res.snapshots[t]]) for t in times}
+    return {t: torch.stack([s.ssm.double().flatten(2) for s in res.snapshots[t]]) for t in times}
+
+
+def n_units(lm) -> int:
+    """U: the units of a per-layer record (Mamba-1 channels D, Mamba-2 heads H)."""
+    return lm.backbone.layers[0].mixer.n_units
+
+
+def unit_A(lm, layer: int, n_state: int) -> np.ndarray:
+    """|A| of every state value of a unit, [U, F] (Mamba-1: A[d, n]; Mamba-2: the head's scalar A
+    repeated over its P x N values), matching states_at's rows."""
+    A = np.abs(lm.backbone.layers[layer].mixer.A.detach().double().cpu().numpy())
+    A = A.reshape(A.shape[0], -1)                                                # [U, N] or [H, 1]
+    return np.broadcast_to(A, (A.shape[0], n_state)) if A.shape[1] == 1 else A

@@ -22,9 +22,8 @@ from model import run
 from tasks.induction import CONTENT_VOCAB, TRIGGER
 from tasks.measures import Windows
 
-from .hidden_attention import layer_A
 from .results import DecayPrediction, LongStream
-from .runs import batch, states_at
+from .runs import batch, states_at, unit_A
 
 if TYPE_CHECKING:
     from .mechanism import Settings
@@ -81,9 +80,9 @@ def decay_prediction(lm, cfg: Settings, layer: int, mem: list, win: Windows, fil
     over `delta_seqs` sequences, Δ̄_d = mean filler Δ). Ignores what the filler adds. at: the τ to report."""
     end = win.write[1] - 1
     _, tokens = batch(cfg, cfg.delta_seqs, 9, length=end + 3)
-    h0 = states_at(lm, tokens, [end])[end][layer][:, mem]                           # [B, k, N]
-    e = h0.square().mean(0).numpy()                                                 # [k, N]
-    rate = filler_mean[mem][:, None] * np.abs(layer_A(lm, layer)[mem])              # [k, N]
+    h0 = states_at(lm, tokens, [end])[end][layer][:, mem]                           # [B, k, F]
+    e = h0.square().mean(0).numpy()                                                 # [k, F]
+    rate = filler_mean[mem][:, None] * unit_A(lm, layer, e.shape[-1])[mem]          # [k, F]
 
     def rho(tau):
         return float((e * np.exp(-tau * rate)).sum() / e.sum())

@@ -23,18 +23,17 @@ This module imports only torch (and triton lazily); it knows nothing about the m
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
 from . import scan_cpu
+from .backends import BACKENDS, resolve
 from .scan_cpu import selective_scan_cpu
 from .scan_reference import ScanResult, selective_scan_reference
 from .scan_torch import selective_scan_torch
 from .ssd import SSDResult, mamba_chunk_scan, mamba_chunk_scan_reference  # Mamba-2 (SSD), see ssd.py
 
-BACKENDS = ("reference", "torch", "cpu", "triton")
 
 
 def _triton_scan():
@@ -63,14 +62,7 @@ def default_backend(device: torch.device) -> str:
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    if backend is None:
-        return default_backend(device)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend='triton' needs CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
-                           "importing kernels (slow, for tests) or use backend='torch'")
-    return backend
+    return resolve(backend, device, default_backend, "scan")
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

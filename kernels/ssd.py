@@ -22,14 +22,14 @@ instead: (out, final_states, state_norm, states), with None for what was not ask
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
+from .backends import BACKENDS, resolve
 from .ssd_reference import DT_LIMIT_NONE, SSDResult, mamba_chunk_scan_reference
 
-SSD_BACKENDS = ("reference", "torch", "cpu", "triton")
+SSD_BACKENDS = BACKENDS
 
 
 def _backend_fn(name: str):
@@ -71,14 +71,7 @@ def default_backend(device: torch.device) -> str:
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    if backend is None:
-        return default_backend(device)
-    if backend not in SSD_BACKENDS:
-        raise ValueError(f"unknown SSD backend {backend!r}; choose one of {', '.join(SSD_BACKENDS)}")
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend='triton' needs CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
-                           "importing kernels (slow, for tests) or use backend='torch'")
-    return backend
+    return resolve(backend, device, default_backend, "SSD")
 
 
 def mamba_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,

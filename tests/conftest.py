@@ -36,6 +36,22 @@ def rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """1 torch thread: several times faster on a shared 2-core machine (no spin-waiting)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def analytic(one_thread):
+    """The closed-form induction model (analysis/analytic.py), built once per module."""
+    from analysis.analytic import build_analytic_lm
+    return build_analytic_lm()
+
+
 CALL_TIMEOUT_S = 120
 
 

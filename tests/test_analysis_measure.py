@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis import cache, compare
-from analysis.analytic import MEMORY_CHANNELS, MEMORY_LAYER, build_analytic_lm
+from analysis.analytic import MEMORY_CHANNELS, MEMORY_LAYER
 from analysis.mechanism import Settings, main, parser
 from analysis.runs import states_at
 from model import run
@@ -18,19 +18,6 @@ ANALYTIC = Path("checkpoints/analytic-2layer.safetensors")
 TINY = ["--length", "64", "--trigger-pos", "8", "--distances", "0,4,40", "--probe-train", "48", "--probe-test", "32",
         "--delta-seqs", "8", "--attn-seqs", "2", "--interv-seqs", "8", "--freeze-log2", "7", "--freeze-seqs", "4",
         "--long-seqs", "2", "--long-max-log2", "8"]
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def analytic(one_thread):
-    return build_analytic_lm()
 
 
 def test_every_flag_has_help():

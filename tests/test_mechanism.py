@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.analytic import CH_CONST, MEMORY_CHANNELS, build_analytic_lm, evaluate
+from analysis.analytic import CH_CONST, MEMORY_CHANNELS, evaluate
 from analysis.hidden_attention import MAX_LEN, hidden_attention, layer_A, layer_D, mean_abs_attention
 from model import MambaConfig, MambaLM, load_checkpoint, run, save_checkpoint, trace
 from model.interventions import AblateSSM, ClampDelta, PatchState, ZeroState
@@ -19,20 +19,6 @@ from tasks.measures import memory_channels as select_memory_channels
 
 TRAINED = Path("checkpoints/induction-2layer.safetensors")
 P = 20                                      # trigger position for the fixed-position batches
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """1 torch thread: several times faster on a shared 2-core machine (no spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def analytic(one_thread):
-    return build_analytic_lm()
 
 
 @pytest.fixture(scope="module")
