@@ -7,7 +7,7 @@ L=4096 that measured 12.7 ms -> 7.7 ms for the whole 2-layer forward on 2 cores 
 thresholds are raised (perf: exc_page_fault, clear_page and munmap were ~15% of the samples).
 
     from kernels.cpu_memory import keep_freed_memory
-    keep_freed_memory()          # once, at process start (app.py, bench/, model.eval)
+    keep_freed_memory()          # once, at process start (app.py, bench/, training.eval)
 
 Process-wide, so it is opt-in and never done on import. Blocks above MMAP_THRESHOLD (a 2^20-token
 trace's GiB-sized arrays) are still mmap()ed and returned on free; at most TRIM_THRESHOLD of freed

@@ -18,6 +18,8 @@ A directory (load_checkpoint(dir); nothing is ever downloaded)
                      save_pretrained writes); model.safetensors, or model.safetensors.index.json + shards
     mamba_ssm        config.json with d_model, n_layer, ssm_cfg (MambaLMHeadModel.save_pretrained's
                      config) + model.safetensors (or an index + shards)
+    tokenizer.json   optional, either kind: the model then takes text (lm.text_task, model/tokenizer.py);
+                     a tokenizer with more ids than the model's vocabulary is refused
 Weights may be fp32, fp16 or bf16; `dtype` picks the model's (fp32 by default).
 
 Loading never unpickles: a torch.save / pickle file is recognised by its first bytes and refused,
@@ -39,6 +41,7 @@ from safetensors import SafetensorError, safe_open
 from .config import DEFAULTS, NORM_EPSILON_DEFAULT, MambaConfig
 from .mamba import MambaLM
 from .safetensors_io import write_safetensors
+from .tokenizer import TokenizerError, load_tokenizer, text_task
 
 FORMAT = "mambascope-checkpoint/1"
 MAX_HEADER_BYTES = 100 << 20    # safetensors' own limit is 100 MB
@@ -446,7 +449,8 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32) -> MambaLM:
 
     dtype: the model's weights, torch.float32 (default), float16 or bfloat16 (or "fp32", "bf16", ...);
     A_log, D (and Mamba2's dt_bias) stay fp32 whatever it is. Extra facts land on the model:
-    lm.task (dict or None), lm.checkpoint_sha256, lm.checkpoint_path, lm.checkpoint_metadata."""
+    lm.task (dict or None), lm.text_task (a tasks.TextTask from the directory's tokenizer.json, or
+    None), lm.checkpoint_sha256, lm.checkpoint_path, lm.checkpoint_metadata."""
     path = Path(path)
     dtype = _to_dtype(dtype)
     if not path.exists():
@@ -463,8 +467,16 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32) -> MambaLM:
         task = json.loads(meta["task"]) if "task" in meta else None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid task metadata ({e})") from e
+    text = None
+    if path.is_dir():     # the tokenizer first: a mismatch is refused before the weights are built
+        try:
+            tok = load_tokenizer(path)
+            text = text_task(tok, cfg.vocab_size) if tok is not None else None
+        except TokenizerError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     lm = _build(path, cfg, tensors, device, dtype, meta.get("format", FORMAT))
     lm.task = task
+    lm.text_task = text
     lm.checkpoint_sha256 = file_sha256(path)
     lm.checkpoint_path = str(path)
     lm.checkpoint_metadata = meta

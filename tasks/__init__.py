@@ -11,6 +11,7 @@ from .base import MAX_LEN, Positions, Score, Task, TokenError, parse_ids, score
 from .induction import INDUCTION
 from .mqar import MQAR_TASK
 from .selective_copy import SELECTIVE_COPYING
+from .text import IdTask, TextTask
 
 TASKS = {t.name: t for t in (INDUCTION, SELECTIVE_COPYING, MQAR_TASK)}
 
@@ -23,5 +24,5 @@ def task_for(meta: Optional[dict]) -> Optional[Task]:
     return TASKS.get(meta.get("name"))
 
 
-__all__ = ["Task", "Positions", "Score", "TokenError", "parse_ids", "score", "MAX_LEN", "INDUCTION", "SELECTIVE_COPYING", "MQAR_TASK", "TASKS",
+__all__ = ["Task", "Positions", "Score", "TokenError", "parse_ids", "score", "MAX_LEN", "INDUCTION", "SELECTIVE_COPYING", "MQAR_TASK", "TASKS", "IdTask", "TextTask",
            "task_for"]
