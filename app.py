@@ -1,14 +1,17 @@
 """mambascope: edit an induction-heads sequence and see Δ, hidden-state norms and predictions of
-a 2-layer Mamba per layer and timestep; export the trace.
+a 2-layer Mamba per layer and timestep; compare checkpoints, patch activations, read the logit
+lens; export the trace, or any chart as a figure; share the view as a link.
 
     python app.py                                   # serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT
     python app.py --checkpoint runs/s0/best.safetensors
     MAMBASCOPE_CHECKPOINT=... python app.py
 
-This file is layout and wiring: it loads the model once (ui/common.py), lays out the two tabs
+This file is layout and wiring: it loads the model once (ui/common.py), lays out the four tabs
 (`build_ui`) and connects widgets to the adapters in ui/ (one module per tab), whose parameters
 mirror the widgets one to one. Every endpoint takes its inputs raw (`preprocess=False`): the
 adapters check each value themselves and answer bad ones with a message naming the field.
+Every event runs in one of two lanes (ui/limits.py): heavy (model runs, charts, files: one shared
+concurrency limit) or light (the numpy edits and links).
 """
 from __future__ import annotations
 
@@ -20,13 +23,19 @@ import gradio as gr
 
 from tasks import MAX_LEN
 from tasks import induction as ind
-from ui import common, explore, export, limits, mechanism, storage
+from ui import common, explore, export, figure, lens, limits, mechanism, patching, permalink, storage
 from viz import charts, tables
 from viz.frames import MAX_BINS_DEFAULT, MAX_BINS_LIMIT
 
 # Gradio centres a plot in its box: a dashboard wider than the box lost its left edge (the
 # channel axis, the title) out of reach; left-aligned, the overflow scrolls instead
 CSS = ".altair { align-items: flex-start !important; overflow-x: auto; }"
+# the "copy link" button's second step: the server's query string -> this page's address + it, copied
+COPY_LINK_JS = """(query) => {
+  const url = window.location.origin + window.location.pathname + query;
+  if (navigator.clipboard) navigator.clipboard.writeText(url).catch(() => {});
+  return url;
+}"""
 INTRO = """# mambascope
 A 2-layer Mamba on the **induction-heads** task (Mamba paper §4.1.2): a sequence `… S M … S`
 asks the model to recall the memory token **M** that followed the first trigger **S**.
@@ -58,12 +67,21 @@ def build_ui() -> gr.Blocks:
     with gr.Blocks(title="mambascope", delete_cache=(storage.MAX_AGE_S, storage.MAX_AGE_S)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(common.MODEL.status, elem_id="model-status")
-        with gr.Tabs():
-            with gr.Tab("Explore", id="explore"):
+        with gr.Row(equal_height=True):
+            copy_link = gr.Button("Copy link to this view", elem_id="copy-link", scale=0, min_width=220)
+            link_box = gr.Textbox(show_label=False, placeholder="the link appears here (and in the clipboard)",
+                                  elem_id="permalink", max_lines=1, scale=4)
+        link_note = gr.Markdown(elem_id="link-note")
+        tab_box = gr.Textbox("explore", visible=False)          # the selected tab, for the link
+        with gr.Tabs() as tabs:
+            with gr.Tab("Explore", id="explore") as tab_explore:
+                # the controls above the dashboard, not beside it: at 1280 px a side column left the
+                # dashboard ~880 px for its ~1,030 (the Δ-ratio column was cut off)
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=320):
+                    with gr.Column(scale=3):
                         text = gr.Textbox(label="Tokens (0–15, S = trigger 16; spaces or commas)", lines=6,
                                           max_lines=12, elem_id="tokens", value=explore.first_text())
+                    with gr.Column(scale=2, min_width=320):
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         preset = gr.Dropdown(list(ind.PRESETS), value=None, label="Presets", elem_id="preset")
                         preset_note = gr.Markdown()
@@ -84,33 +102,43 @@ def build_ui() -> gr.Blocks:
                             with gr.Row():
                                 new_pos = gr.Number(10, label="trigger position", precision=0)
                                 move = gr.Button("Move S M", elem_id="move-trigger")
-                    with gr.Column(scale=3):
+                with gr.Column():
+                    with gr.Row():
+                        sort = gr.Radio(list(explore.SORTS), value="index", label="channel order")
+                        bins = gr.Slider(16, MAX_BINS_LIMIT, value=MAX_BINS_DEFAULT, step=16,
+                                         label="max time bins")
+                        stat = gr.Radio(list(explore.BIN_STATS), value="max", label="binned heatmaps show")
+                    with gr.Row():
+                        t_from = gr.Number(None, label="window from t", precision=0)
+                        t_to = gr.Number(None, label="window to t (exclusive; 0 = the end)", precision=0)
+                        layers = gr.CheckboxGroup(layer_names, value=layer_names, label="layers")
+                    info = gr.Markdown(elem_id="summary")
+                    plot = gr.Plot(label="trace", show_label=False, elem_id="charts")
+                    with gr.Accordion("Export", open=False):
+                        gr.Markdown(
+                            "The **safetensors** trace holds every array (MambaLens keys, `Trace.load`) and the "
+                            "metadata (config, checkpoint sha256, tokens). The **CSV** is tidy "
+                            "(layer, t, channel, quantity, value), gzipped, for the window above; at most "
+                            f"{tables.CSV_MAX_ROWS:,} rows, otherwise it says so and writes nothing. The "
+                            "**HTML** page holds all the charts as shown.")
+                        all_q = gr.Checkbox(False, label="CSV: all quantities (u, y, B, C, residual, logits)")
                         with gr.Row():
-                            sort = gr.Radio(list(explore.SORTS), value="index", label="channel order")
-                            bins = gr.Slider(16, MAX_BINS_LIMIT, value=MAX_BINS_DEFAULT, step=16,
-                                             label="max time bins")
-                            stat = gr.Radio(list(explore.BIN_STATS), value="max", label="binned heatmaps show")
+                            b_st = gr.Button("Trace (.safetensors)", elem_id="export-safetensors")
+                            b_csv = gr.Button("Tidy CSV (.csv.gz)", elem_id="export-csv")
+                            b_html = gr.Button("Charts (.html)", elem_id="export-html")
+                        gr.Markdown("A **figure** for a paper: any chart of any tab, as PNG (at the DPI below) "
+                                    "or SVG, with a caption naming the model's sha256, the sequence and the "
+                                    "binning. It is computed from the widgets as they are now.")
                         with gr.Row():
-                            t_from = gr.Number(None, label="window from t", precision=0)
-                            t_to = gr.Number(None, label="window to t (exclusive; 0 = the end)", precision=0)
-                            layers = gr.CheckboxGroup(layer_names, value=layer_names, label="layers")
-                        info = gr.Markdown(elem_id="summary")
-                        plot = gr.Plot(label="trace", show_label=False, elem_id="charts")
-                        with gr.Accordion("Export", open=False):
-                            gr.Markdown(
-                                "The **safetensors** trace holds every array (MambaLens keys, `Trace.load`) and the "
-                                "metadata (config, checkpoint sha256, tokens). The **CSV** is tidy "
-                                "(layer, t, channel, quantity, value), gzipped, for the window above; at most "
-                                f"{tables.CSV_MAX_ROWS:,} rows, otherwise it says so and writes nothing. The "
-                                "**HTML** page holds all the charts as shown.")
-                            all_q = gr.Checkbox(False, label="CSV: all quantities (u, y, B, C, residual, logits)")
-                            with gr.Row():
-                                b_st = gr.Button("Trace (.safetensors)", elem_id="export-safetensors")
-                                b_csv = gr.Button("Tidy CSV (.csv.gz)", elem_id="export-csv")
-                                b_html = gr.Button("Charts (.html)", elem_id="export-html")
-                            out_file = gr.File(label="download", elem_id="export-file")
+                            fig_of = gr.Dropdown(list(figure.CHARTS), value=figure.CHARTS[0], label="figure of",
+                                                 elem_id="figure-of")
+                            fig_fmt = gr.Radio(list(figure.FORMATS), value="png", label="format",
+                                               elem_id="figure-format")
+                            fig_dpi = gr.Number(300, label="dpi (PNG, 36..600)", elem_id="figure-dpi")
+                            b_fig = gr.Button("Figure", elem_id="export-figure")
+                        out_file = gr.File(label="download", elem_id="export-file")
 
-            with gr.Tab("Mechanism", id="mechanism"):
+            with gr.Tab("Mechanism", id="mechanism") as tab_mechanism:
                 ck_names = mechanism.checkpoint_names()
                 ck_first, ck_second = mechanism.default_pair()
                 gr.Markdown("The sequence of the **Explore** tab on checkpoints from `checkpoints/` (and the model "
@@ -152,16 +180,53 @@ def build_ui() -> gr.Blocks:
                     iv_md = gr.Markdown(elem_id="mech-intervention-summary")
                     iv_plot = gr.Plot(show_label=False, elem_id="mech-intervention")
 
+            with gr.Tab("Patching", id="patching") as tab_patching:
+                gr.Markdown("The **Explore** tab's sequence (clean) beside a corrupted copy, on the app's model: "
+                            "how Δ, the state norms and p(target) differ, and **activation patching**: restore one "
+                            "activation of the clean run (the state h_t, Δ_t or a layer's output at t) in the "
+                            "corrupted run, for every layer and step, and read p(clean target) at the query. "
+                            f"Up to {patching.patching.PATCH_MAX_LEN:,} tokens; at most "
+                            f"{patching.patching.MAX_POSITIONS} steps are patched (an even grid and the write "
+                            "window beyond).")
+                with gr.Row():
+                    corrupted = gr.Textbox(label="corrupted sequence (as long as the clean one)", lines=3,
+                                           max_lines=8, elem_id="corrupted")
+                    with gr.Column(min_width=260):
+                        with gr.Row():
+                            c_mem = gr.Number(0, label="memory token", precision=0, min_width=100)
+                            c_mem_btn = gr.Button("Corrupt: set M", elem_id="corrupt-memory")
+                        with gr.Row():
+                            c_pos = gr.Number(10, label="trigger position", precision=0, min_width=100)
+                            c_pos_btn = gr.Button("Corrupt: move S M", elem_id="corrupt-trigger")
+                with gr.Row():
+                    p_kind = gr.Radio(list(patching.KINDS), value=list(patching.KINDS)[0], label="restore",
+                                      elem_id="patch-kind")
+                    p_btn = gr.Button("Run patching", variant="primary", elem_id="run-patching")
+                p_md = gr.Markdown(elem_id="patching-summary")
+                p_heat = gr.Plot(show_label=False, elem_id="patching-heatmap")
+                p_diff = gr.Plot(show_label=False, elem_id="patching-differences")
+
+            with gr.Tab("Logit lens", id="lens") as tab_lens:
+                gr.Markdown("The **Explore** tab's sequence on the app's model: the residual stream after each "
+                            "layer, read out through the final norm and the head (the logit lens). Where along the "
+                            "depth does the answer first become the top-1 prediction?")
+                with gr.Row():
+                    top_k = gr.Number(3, label=f"top-k (1..{lens.TOP_K_MAX})", precision=0, elem_id="lens-k")
+                    lens_btn = gr.Button("Show the logit lens", variant="primary", elem_id="run-lens")
+                lens_md = gr.Markdown(elem_id="lens-summary")
+                lens_plot = gr.Plot(show_label=False, elem_id="lens-chart")
+
         view_in = [text, sort, bins, t_from, t_to, layers, stat]
         view_out = [plot, info]
         gen_widgets = [length, trig, mem, seed, n_trig, excl, every]
+        light = limits.LIGHT
         wire(run.click, explore.show_plot, view_in, view_out, "run")
         wire(text.submit, explore.show_plot, view_in, view_out)
+        # .input, not .change: a link being restored sets these too, and must redraw once, not per widget
         for w in (sort, bins, stat, layers):
-            wire(w.change, explore.show_plot, view_in, view_out)
+            wire(w.input, explore.show_plot, view_in, view_out)
         for w in (t_from, t_to):
             wire(w.submit, explore.show_plot, view_in, view_out)
-        light = limits.LIGHT
         for edit in (wire(gen.click, explore.generate, gen_widgets, text, "generate", light),
                      wire(preset.input, explore.apply_preset, preset, gen_widgets + [text, preset_note], "preset",
                           light),
@@ -171,7 +236,27 @@ def build_ui() -> gr.Blocks:
         wire(b_st.click, export.export_safetensors, text, out_file, "export_safetensors")
         wire(b_csv.click, export.export_csv, [text, t_from, t_to, all_q], out_file, "export_csv")
         wire(b_html.click, export.export_html, view_in, out_file, "export_html")
-        wire(demo.load, explore.show_plot, view_in, view_out)
+        # links: the page's own query string on load (then the view), "copy link", and /open_link for programs
+        link_outputs = [text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b, tab_box, tabs,
+                        link_note]
+        link_in = [text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b, tab_box]
+        wire(wire(demo.load, permalink.restore, None, link_outputs, lane=light).then,
+             explore.show_plot, view_in, view_out)
+        wire(copy_link.click, permalink.link, link_in, link_box, "permalink", light).success(
+            None, link_box, link_box, js=COPY_LINK_JS)
+        query_box = gr.Textbox(visible=False)
+        wire(query_box.submit, permalink.open_link, query_box, link_outputs, "open_link", light)
+        for tab, name in ((tab_explore, "explore"), (tab_mechanism, "mechanism"), (tab_patching, "patching"),
+                          (tab_lens, "lens")):
+            tab.select(None, None, tab_box, js=f"() => {name!r}")
+        wire(b_fig.click, figure.export_figure,
+             [fig_of, fig_fmt, fig_dpi, text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b,
+              att_layer, att_ch, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value, corrupted, p_kind, top_k],
+             out_file, "figure")
+        wire(c_mem_btn.click, patching.corrupt_memory, [text, c_mem], corrupted, "corrupt_memory", light)
+        wire(c_pos_btn.click, patching.corrupt_trigger, [text, c_pos], corrupted, "corrupt_trigger", light)
+        wire(p_btn.click, patching.run_patching, [text, corrupted, p_kind], [p_md, p_diff, p_heat], "patching")
+        wire(lens_btn.click, lens.show_lens, [text, top_k], [lens_md, lens_plot], "logit_lens")
         wire(cmp_btn.click, mechanism.compare_checkpoints, [text, ck_a, ck_b], [cmp_md, cmp_a, cmp_b], "compare")
         wire(att_btn.click, mechanism.show_attention, [text, ck_a, att_layer, att_ch], att_plot, "hidden_attention")
         wire(iv_btn.click, mechanism.intervene, [text, ck_a, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value],

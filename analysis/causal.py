@@ -37,7 +37,10 @@ def interventions(lm, cfg: Settings, layer: int, mem: list, win: Windows) -> Int
 
     rng = np.random.default_rng(cfg.seed)
     others = [c for c in range(D) if c not in mem]
-    draws = [rng.choice(others, size=len(mem), replace=False).tolist() for _ in range(N_RANDOM_DRAWS)]
+    # as many random units as memory units, or all the others when the memory holds most of the layer
+    # (a Mamba-2 layer has only H = 8 heads)
+    k = min(len(mem), len(others))
+    draws = [rng.choice(others, size=k, replace=False).tolist() for _ in range(N_RANDOM_DRAWS)] if k else []
     patched = predict(lm, tokens, [PatchState(layer, mem, t=P + EDIT_AFTER_WRITE, source_tokens=other.tokens)])
     return Interventions(
         none=acc([]),

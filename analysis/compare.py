@@ -34,6 +34,7 @@ from .hidden_attention import MAX_LEN, hidden_attention_for
 # L = 512 on 2 busy cores, O(L^2), so minutes near 2048 would hold a worker; one channel is ~4 s there
 MEAN_MAX_LEN = 512
 N_MEMORY_CHANNELS = len(MEMORY_CHANNELS)   # "memory channels" = this many top Δ-ratio channels (16 = |content vocab|)
+MEMORY_HEAD_SHARE = 8                      # Mamba-2: 1 memory head per 8 heads (16 / 128, the channels' share)
 _CACHE: dict = {}
 _LOCK = threading.Lock()
 
@@ -53,6 +54,23 @@ def load_named(folder: Path, name: str, device="cpu"):
         if key not in _CACHE:
             _CACHE[key] = load_checkpoint(Path(folder) / name, device=device).eval()
         return _CACHE[key]
+
+
+def unit_name(lm) -> str:
+    """What one index of the model's per-layer records is: "channel" (Mamba-1) or "head" (Mamba-2)."""
+    return lm.backbone.layers[0].mixer.unit
+
+
+def n_units(lm) -> int:
+    """Units per layer: D channels (Mamba-1) or H heads (Mamba-2); the range of every channel id here."""
+    return lm.backbone.layers[0].mixer.n_units
+
+
+def n_memory_units(lm) -> int:
+    """How many top-Δ-ratio units are a layer's memory units (module docstring says why)."""
+    if unit_name(lm) == "channel":
+        return N_MEMORY_CHANNELS
+    return max(1, n_units(lm) // MEMORY_HEAD_SHARE)
 
 
 def task_of(lm_or_trace) -> Task:
@@ -85,64 +103,66 @@ def prediction(tr) -> QueryPrediction:
 
 def delta_ratios(tr, d_conv: int) -> Optional[np.ndarray]:
     """The Δ ratio of tasks/measures.py (max Δ over the write window of the first write / median Δ
-    over the filler after it) of every layer and channel: [n_layer, D]; None without a write and filler."""
+    over the filler after it) of every layer and unit: [n_layer, U]; None without a write and filler."""
     ratios = layer_ratios([lt.delta for lt in tr.layers], task_of(tr).positions(tr.tokens), d_conv)
     return None if ratios is None else np.stack([r.ratio for r in ratios])
 
 
 def query_summary(lm, tokens: np.ndarray):
-    """(QueryPrediction, Δ ratio [n_layer, D] or None) for one sequence."""
+    """(QueryPrediction, Δ ratio [n_layer, U] or None) for one sequence (U = n_units(lm))."""
     tr = trace(lm, tokens, include=("delta",))
     return prediction(tr), delta_ratios(tr, lm.config.d_conv)
 
 
 def memory_channels(lm, tokens: np.ndarray, layer: int) -> list:
-    """The N_MEMORY_CHANNELS channels of `layer` with the largest Δ ratio, sorted by index (for the
-    closed-form model these are its memory channels 0..15 of layer 2)."""
+    """The n_memory_units(lm) units (channels or heads) of `layer` with the largest Δ ratio, sorted by
+    index (for the closed-form model these are its memory channels 0..15 of layer 2)."""
     _, ratio = query_summary(lm, tokens)
     if ratio is None:
-        raise ValueError("'memory channels' needs a trigger S followed by a memory token M and filler after it")
-    return sorted(select_memory_channels(ratio[layer], k=N_MEMORY_CHANNELS))
+        raise ValueError(f"'memory {unit_name(lm)}s' needs a trigger S followed by a memory token M and filler "
+                         "after it")
+    return sorted(select_memory_channels(ratio[layer], k=n_memory_units(lm)))
 
 
-def memory_channel_pairs(ratio: np.ndarray, min_ratio: float = 100.0) -> list:
-    """[(layer, channel)] of the memory channels in every layer (at most N_MEMORY_CHANNELS per layer,
-    each with a Δ ratio above min_ratio): the highlight of viz.mechanism.delta_ratio_chart.
-    ratio: [n_layer, D]."""
+def memory_channel_pairs(ratio: np.ndarray, min_ratio: float = 100.0, k: int = N_MEMORY_CHANNELS) -> list:
+    """[(layer, unit)] of the memory units in every layer (at most k per layer -- pass
+    n_memory_units(lm) for a Mamba-2 model -- each with a Δ ratio above min_ratio): the highlight of
+    viz.mechanism.delta_ratio_chart. ratio: [n_layer, U]."""
     return [(li, c) for li, r in enumerate(np.asarray(ratio))
-            for c in select_memory_channels(r, k=N_MEMORY_CHANNELS, min_ratio=min_ratio)]
+            for c in select_memory_channels(r, k=k, min_ratio=min_ratio)]
 
 
-def parse_channels(text: str, n_channels: int) -> list:
-    """'3, 7 88' -> [3, 7, 88]; each id checked against 0..n_channels-1."""
+def parse_channels(text: str, n_channels: int, unit: str = "channel") -> list:
+    """'3, 7 88' -> [3, 7, 88]; each id checked against 0..n_channels-1 (n_units(lm); unit names
+    them in the messages: unit_name(lm))."""
     parts = [p for p in text.replace(",", " ").split()]
     if not parts:
-        raise ValueError("give at least one channel (e.g. '3, 7, 88') or choose 'memory channels'")
+        raise ValueError(f"give at least one {unit} (e.g. '3, 7, 88') or choose 'memory {unit}s'")
     out = []
     for p in parts:
         if not re.fullmatch(r"[0-9]{1,9}", p):              # ASCII digits; no huge numbers echoed
             shown = p if len(p) <= 20 else p[:20] + "…"
-            raise ValueError(f"channel {shown!r} is not a whole number in range (write e.g. '3, 7, 88')")
+            raise ValueError(f"{unit} {shown!r} is not a whole number in range (write e.g. '3, 7, 88')")
         c = int(p)
         if not 0 <= c < n_channels:
-            raise ValueError(f"channel {c} is out of range 0..{n_channels - 1}")
+            raise ValueError(f"{unit} {c} is out of range 0..{n_channels - 1}")
         out.append(c)
     return sorted(set(out))
 
 
 def attention_map(lm, tokens: np.ndarray, layer: int, channel: Optional[int]) -> np.ndarray:
-    """α̃ of one channel, or mean |α̃| over channels (channel None): [L, L]."""
+    """α̃ of one channel (Mamba-2: one head's SSD mask), or mean |α̃| over the units (channel None): [L, L]."""
     if len(tokens) > MAX_LEN:
         raise ValueError(f"hidden attention needs a sequence of at most {MAX_LEN} tokens, got {len(tokens)}")
-    n_layer, D = lm.config.n_layer, lm.config.d_inner
+    n_layer, D, unit = lm.config.n_layer, n_units(lm), unit_name(lm)
     if not 0 <= layer < n_layer:
         raise ValueError(f"layer {layer + 1} is out of range 1..{n_layer}")
     if channel is not None and not 0 <= channel < D:
-        raise ValueError(f"channel {channel} is out of range 0..{D - 1}")
+        raise ValueError(f"{unit} {channel} is out of range 0..{D - 1}")
     if channel is None:
         if len(tokens) > MEAN_MAX_LEN:
-            raise ValueError(f"the mean over channels is limited to {MEAN_MAX_LEN} tokens (it computes all {D} "
-                             f"channels' [L, L] maps), got {len(tokens)}: choose one channel or a shorter sequence")
+            raise ValueError(f"the mean over {unit}s is limited to {MEAN_MAX_LEN} tokens (it computes all {D} "
+                             f"{unit}s' [L, L] maps), got {len(tokens)}: choose one {unit} or a shorter sequence")
         return hidden_attention_for(lm, tokens, layer, reduce="abs_mean")
     return hidden_attention_for(lm, tokens, layer, channels=[channel])[0]
 
@@ -180,4 +200,5 @@ def run_intervention(lm, tokens: np.ndarray, intervention):
 
 __all__ = ["list_checkpoints", "load_named", "QueryPrediction", "prediction", "delta_ratios", "query_summary",
            "memory_channels", "memory_channel_pairs", "parse_channels", "attention_map", "MEAN_MAX_LEN",
-           "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of"]
+           "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of", "unit_name",
+           "n_units", "n_memory_units"]

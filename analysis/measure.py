@@ -100,17 +100,27 @@ def predicted_horizon(lm, layer: int, mem: list, h0: torch.Tensor, filler_mean: 
                             median=float(np.median(on)), low=float(np.min(on)), high=float(np.max(on)))
 
 
+def unit_input(u: np.ndarray, mem: list, U: int) -> np.ndarray:
+    """The scan input of each memory unit: u [L, D] -> [L, k]. A Mamba-1 channel is one column; a
+    Mamba-2 head's input is its P channels (heads are contiguous in D), taken by their norm, since
+    its α̃ is one scalar per head and step."""
+    L, D = u.shape
+    if U == D:
+        return u[:, mem]
+    return np.linalg.norm(u.reshape(L, U, D // U)[:, mem], axis=-1)
+
+
 def attention(lm, cfg: Settings, layer: int, mem: list, records: list, win: Windows) -> Attention:
     """The share of the query's α̃-weighted input that comes from the write window, on the memory
-    channels (mean over `attn_seqs` sequences of the Δ batch), and one short example for the figure."""
-    A = layer_A(lm, layer)                                                       # [D, N]
+    units (mean over `attn_seqs` sequences of the Δ batch), and one short example for the figure."""
+    A = layer_A(lm, layer)                                                       # [D, N] or [H]
     rec = records[layer]
     W0, W1 = win.write
     shares, weights = [], []
     for b in range(min(cfg.attn_seqs, rec["delta"].shape[0])):
         al = hidden_attention(rec["delta"][b].numpy(), A, rec["B"][b].numpy(), rec["C"][b].numpy(),
                               channels=mem)                                      # [k, L, L]
-        u = rec["ssm_input"][b][:, mem].double().numpy()                         # [L, k]
+        u = unit_input(rec["ssm_input"][b].double().numpy(), mem, n_units(lm))                  # [L, k]
         row = al[:, -1, :]                                                       # [k, L] at the query
         contrib = np.abs(row * u.T)
         shares.append(contrib[:, W0:W1].sum() / max(contrib.sum(), 1e-300))
@@ -165,4 +175,5 @@ def measure_checkpoint(path: Path, cfg: Settings, log=print) -> CheckpointResult
     return CheckpointResult(name=Path(path).stem, path=str(path), sha256=lm.checkpoint_sha256, task=dict(lm.task),
                             d_conv=lm.config.d_conv, delta=sel, probes=pr, memory_channels=mem, horizon=horizon,
                             attention=att, interventions=ivs, freeze=freeze, freeze_horizon=freeze_h, long=long,
-                            layer1=layer1, decay=decay, timings=timings)
+                            layer1=layer1, decay=decay, timings=timings,
+                            unit=lm.backbone.layers[layer].mixer.unit)

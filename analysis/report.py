@@ -22,7 +22,7 @@ from . import analytic as an
 from .cache import encode
 from .measure import EXAMPLE_LEN, EXAMPLE_TRIGGER
 from .results import CheckpointResult
-from .verdict import NOT_WITHIN, fmt, horizons, not_found, verdict
+from .verdict import NOT_WITHIN, delta_selective, fmt, horizons, not_found, verdict
 
 if TYPE_CHECKING:
     from .mechanism import Settings
@@ -122,7 +122,8 @@ def _delta_section(results, cfg, figs: Figures) -> list:
                           for i in range(r.n_layer))
         md += ["", f"Channels with ratio > {cfg.min_ratio:g}: {n100}; with ratio(M) > {cfg.min_ratio:g}: {n100m}", "",
                figs.link(f"delta-ratio-{r.name}", f"Δ ratio {r.name}", "delta_ratio_chart", ratio=s.ratio,
-                         label=r.name, highlight=[(r.memory_layer, c) for c in r.memory_channels]), ""]
+                         label=r.name, highlight=[(r.memory_layer, c) for c in r.memory_channels],
+                         unit=r.unit), ""]
     return md
 
 
@@ -134,8 +135,10 @@ def _probe_section(results, cfg, figs: Figures) -> list:
     for r in results:
         p, ks = r.probes, list(r.probes.layers[0].acc)
         md += [f"**{r.name}**: memory layer {r.memory_layer + 1}; probe set (smallest top-k within 0.02 of "
-               f"the best joint accuracy) {p.probe_channels}; memory channels (Δ ratio > {cfg.min_ratio:g} in that "
-               f"layer, at most {cfg.max_memory_channels}): {len(r.memory_channels)} channels "
+               f"the best joint accuracy) {p.probe_channels}; memory {r.unit}s "
+               + (f"(Δ ratio > {cfg.min_ratio:g} in that layer, at most {cfg.max_memory_channels})"
+                  if delta_selective(r, cfg) else f"(none has a Δ ratio > {cfg.min_ratio:g}: the probe set)")
+               + f": {len(r.memory_channels)} {r.unit}s "
                f"{r.memory_channels[:16]}{' ...' if len(r.memory_channels) > 16 else ''}", "",
                "| layer | best single channel (acc) | " + " | ".join(f"top-{k}" for k in ks) + " |",
                "|---|---|" + "---|" * len(ks)]
@@ -147,7 +150,7 @@ def _probe_section(results, cfg, figs: Figures) -> list:
                + ", ".join(f"τ={d}: {a:.2f}" for d, a in zip(cfg.distances, p.by_distance)), "",
                figs.link(f"probe-{r.name}", f"probe {r.name}", "probe_accuracy_chart",
                          acc=p.channel_acc[r.memory_layer], distances=list(cfg.distances), layer=r.memory_layer,
-                         label=r.name), ""]
+                         label=r.name, unit=r.unit), ""]
     return md
 
 

@@ -77,7 +77,8 @@ class Interventions:
 
     @property
     def clamp_random_mean(self) -> float:
-        return float(np.mean(self.clamp_random))
+        """nan when the layer has no units outside the memory set to draw from."""
+        return float(np.mean(self.clamp_random)) if self.clamp_random else float("nan")
 
     def rows(self) -> list:
         """[(label, accuracy)] in the report's order."""
@@ -150,6 +151,7 @@ class CheckpointResult:
     layer1: Layer1Dependence
     decay: DecayPrediction
     timings: dict[str, float] = field(default_factory=dict)   # {stage: seconds}
+    unit: str = "channel"             # what one index is: a Mamba-1 channel, a Mamba-2 head
 
     @property
     def memory_layer(self) -> int:

@@ -79,13 +79,15 @@ def _checkpoint_lines(r: CheckpointResult, cfg: Settings) -> list:
     rate = float(np.median(r.on_memory(r.delta.filler_mean) * r.horizon.a_eff[mem]))
     off = int(np.median(r.on_memory(r.delta.write_offset)))
     lines = [
-        f"**{r.name}**: M is held in layer {dl + 1} ({where}) by {len(mem)} Δ-selective channels; a probe on "
+        f"**{r.name}**: M is held in layer {dl + 1} ({where}) by {len(mem)} "
+        + (f"Δ-selective {r.unit}s" if delta_selective(r, cfg) else
+           f"{r.unit}s (none with a Δ ratio above {cfg.min_ratio:g}: the probe set)") + "; a probe on "
         f"{len(r.probes.probe_channels)} of them decodes M with accuracy {r.probes.best:.2f} {cfg.distances[-1]} "
         f"steps after it (best joint probe in the other layer: {other:.2f}).",
         f"  Δ there: {fmt(float(np.median(r.on_memory(r.delta.write))))} at the write (P+{off}), median ratio to "
         f"the filler {fmt(median_ratio(r))}; filler Δ·|A|_eff = {fmt(rate)} per step, i.e. {fmt(rate * 2 ** 20)} "
         f"over 2^20 steps.",
-        f"  Causal: Δ = 0 over the write window on them -> accuracy {iv.clamp_memory:.2f} (as many random channels: "
+        f"  Causal: Δ = 0 over the write window on them -> accuracy {iv.clamp_memory:.2f} (as many random {r.unit}s: "
         f"{iv.clamp_random_mean:.2f}; none: {iv.none:.2f}); their state zeroed after the write -> "
         f"{iv.zero_state:.2f}; patched from another sequence -> {iv.patch_source:.2f} answer the source's M; Δ forced "
         f"to 0 over all filler at L = {r.freeze.length}: {r.freeze.baseline:.2f} -> {r.freeze.frozen:.2f}.",
@@ -95,16 +97,16 @@ def _checkpoint_lines(r: CheckpointResult, cfg: Settings) -> list:
     fh = r.freeze_horizon
     if fh is not None:
         lines.append(f"  At L = 2^{int(math.log2(fh.length))}, where its recall fails, Δ forced to 0 on the memory "
-                     f"channels after the write: accuracy {fh.baseline:.2f} -> {fh.frozen:.2f} ({fh.n} sequences).")
+                     f"{r.unit}s after the write: accuracy {fh.baseline:.2f} -> {fh.frozen:.2f} ({fh.n} sequences).")
     l1 = r.layer1
     if l1.applicable:
-        lines.append(f"  With layer 1 ablated after the write window, the memory channels' mean filler Δ goes "
+        lines.append(f"  With layer 1 ablated after the write window, the memory {r.unit}s' mean filler Δ goes "
                      f"{fmt(l1.filler_delta_intact)} -> {fmt(l1.filler_delta_ablated)} "
                      f"(x{fmt(l1.filler_delta_ablated / max(l1.filler_delta_intact, 1e-300))}).")
     k = len(lg.distances) - 1
     lines.append(f"  After 2^{int(math.log2(lg.distances[k]))} filler steps the written state keeps ρ = "
                  f"{fmt(lg.rho[k])} (cosine {fmt(lg.cosine[k])}), query accuracy {lg.accuracy[k]:.2f} ({lg.n} "
-                 f"sequences). Horizon: 1/(Δ_filler·|A|_eff), median over the memory channels, {fmt(h.predicted)}; "
+                 f"sequences). Horizon: 1/(Δ_filler·|A|_eff), median over the memory {r.unit}s, {fmt(h.predicted)}; "
                  f"ρ < 1/e predicted at {not_found(h.predicted_rho, NOT_WITHIN)}, measured at "
                  f"{not_found(h.measured_rho, lg.distances[-1])}; errors begin (accuracy < 90%) at "
                  f"{not_found(h.measured_accuracy, h.max_length)}. Hidden attention: "
@@ -143,7 +145,7 @@ def _overall(results: Sequence[CheckpointResult]) -> list:
         l1 = r.layer1
         pre, post = l1.pre_trigger_delta, l1.filler_delta_intact
         q = pre / max(post, 1e-300)
-        lines.append(f"- {r.name}: mean Δ on the memory channels before the trigger {fmt(pre)} vs over the filler "
+        lines.append(f"- {r.name}: mean Δ on the memory {r.unit}s before the trigger {fmt(pre)} vs over the filler "
                      f"after the write {fmt(post)} (x{fmt(q)}): "
                      + ("Δ is NOT switched off by the write -- it is just as small before S ever appears; it is "
                         "off everywhere except at the write step, which a local feature (S one or two tokens "
@@ -178,6 +180,12 @@ def _overall(results: Sequence[CheckpointResult]) -> list:
         lines.append(head + "; " + tail)
     return lines
 
+
+
+def delta_selective(r, cfg) -> bool:
+    """Were the memory units chosen by their Δ ratio (measure.py), not by the probe fallback?"""
+    ratio = np.asarray(r.delta.ratio[r.memory_layer])
+    return bool(len(r.memory_channels)) and bool((ratio[r.memory_channels] > cfg.min_ratio).all())
 
 def verdict(results: Sequence[CheckpointResult], cfg: Settings) -> list:
     """Plain statements (Markdown lines), each computed from the numbers in the report's sections."""

@@ -207,7 +207,7 @@ def rss_mib(pid: int) -> float:
 
 def heavy_calls(text: str) -> list:
     """(args, api_name) of a mix of heavy requests on one sequence."""
-    return [(view_args(text), "/run"), ((text,), "/export_safetensors"), ((text, None, None, False), "/export_csv"),
+    return [(view_args(text), "/run"), ((text,), "/export_safetensors"), ((text, 0, 4096, False), "/export_csv"),
             ((text, "induction-2layer.safetensors", "clamp Δ", "layer 2", "memory channels", None, None, 0.0),
              "/intervene")]
 
@@ -264,45 +264,57 @@ def share(url: str, text: str, n: int = 12, timeout_s: float = 600.0) -> dict:
             "other_client_error": other_err}
 
 
-def memory(url: str, pid: int, long_text: str, settle_s: float = 30.0, timeout_s: float = 600.0) -> dict:
-    """RSS idle, peak during 16 mixed heavy requests (4 clients x 4 in turn), settle_s after."""
+def memory(url: str, pid: int, long_text: str, settle_s: float = 30.0, bursts: int = 2,
+           timeout_s: float = 600.0) -> dict:
+    """RSS idle (at the start, and after one call of each kind + settle_s), then per burst of 16 mixed heavy
+    requests (4 clients x 4 in turn): its peak and the RSS settle_s after it."""
     from gradio_client import Client
-    idle = rss_mib(pid)
-    peak, stop_sampling = [idle], cf.Future()
-
-    def sample():
-        while not stop_sampling.done():
-            peak.append(rss_mib(pid))
-            time.sleep(0.2)
-
     calls = heavy_calls(long_text)
+    out = {"idle_at_start_mib": rss_mib(pid)}
+    c = Client(url, verbose=False)
+    for args, api in calls:                               # warm-up: imports, caches, first-use allocations
+        c.predict(*args, api_name=api)
+    time.sleep(settle_s)
+    out["idle_mib"] = idle = rss_mib(pid)
 
     def client_burst(i):
         c = Client(url, verbose=False)
         return [timed(lambda a=calls[(i + k) % len(calls)]: c.submit(*a[0], api_name=a[1]).result(
             timeout=timeout_s))[1] for k in range(4)]
 
-    with cf.ThreadPoolExecutor(5) as ex:
-        sampler = ex.submit(sample)
-        errors = [e for r in ex.map(client_burst, range(4)) for e in r if e]
-        stop_sampling.set_result(None)
-        sampler.result()
-    end = rss_mib(pid)
-    time.sleep(settle_s)
-    after = rss_mib(pid)
-    return {"idle_mib": idle, "peak_mib": max(peak), "at_end_mib": end, f"after_{settle_s:.0f}s_mib": after,
-            "after_over_idle": after / idle, "errors": errors}
+    for b in range(bursts):
+        peak, done = [rss_mib(pid)], cf.Future()
+
+        def sample(peak=peak, done=done):
+            while not done.done():
+                peak.append(rss_mib(pid))
+                time.sleep(0.2)
+
+        with cf.ThreadPoolExecutor(5) as ex:
+            sampler = ex.submit(sample)
+            errors = [e for r in ex.map(client_burst, range(4)) for e in r if e]
+            done.set_result(None)
+            sampler.result()
+        end = rss_mib(pid)
+        time.sleep(settle_s)
+        after = rss_mib(pid)
+        out[f"burst_{b + 1}"] = {"peak_mib": max(peak), "at_end_mib": end, f"after_{settle_s:.0f}s_mib": after,
+                                 "after_over_idle": after / idle, "errors": errors}
+    return out
 
 
-def storage(url: str, long_text: str, n: int = 5) -> dict:
-    """n identical safetensors exports -> files and bytes in the export folder; one upload attempt."""
+def storage(url: str, n: int = 5) -> dict:
+    """n identical safetensors exports (L=16384) -> new files and bytes in the export folder; one
+    upload attempt."""
     from gradio_client import Client
 
     from ui.storage import exports, root
     c = Client(url, verbose=False)
+    # a sequence no earlier run exported (the export folder outlives the server, up to an hour)
+    text = c.predict(16384, -1, -1, time.time_ns() % 2 ** 62, 1, False, 0, api_name="/generate")
     before = {str(f) for f, _, _ in exports(root())}
     for _ in range(n):
-        c.predict(long_text, api_name="/export_safetensors")
+        c.predict(text, api_name="/export_safetensors")
     new = [(f, size) for f, size, _ in exports(root()) if str(f) not in before]
     req = urllib.request.Request(f"{url}gradio_api/upload", data=b"--x\r\n\r\n--x--\r\n", method="POST",
                                  headers={"Content-Type": "multipart/form-data; boundary=x"})
@@ -354,7 +366,7 @@ def main(argv=None) -> int:
             elif name == "memory":
                 report["memory"] = memory(url, proc.pid, t16k)
             elif name == "storage":
-                report["storage"] = storage(url, t16k)
+                report["storage"] = storage(url)
             print(json.dumps({name: report.get(name, report.get("latency_request"))}), flush=True)
         report["loadavg_at_end"] = os.getloadavg()
     finally:

@@ -21,9 +21,6 @@ import torch
 from .scan_reference import ScanResult, check_scan_inputs
 from .scan_torch import selective_scan_torch
 
-_SRC = Path(__file__).with_name("cpu_kernels.cpp")
-_LOCK = threading.Lock()
-_MODULES: dict = {}   # variant -> compiled module, or the reason it failed (str)
 # -fopenmp: at::parallel_for is an `omp parallel` region inlined from ATen's headers; without it
 # the loop runs on one thread (libgomp.so.1 resolves to the copy torch already loaded).
 # No -ffast-math: it may re-associate exp's two-constant range reduction; the SIMD loops are
@@ -33,34 +30,58 @@ _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fo
 _VARIANT_FLAGS = {"native": [], "portable": ["-mno-avx512f"]}
 
 
-def _load(variant: str = "native"):
-    """Compile (once per process; the build is cached on disk) or remember why it failed."""
-    with _LOCK:
-        if variant not in _MODULES:
-            try:
-                from torch.utils.cpp_extension import load_inline
-                _MODULES[variant] = load_inline(
-                    f"mambascope_cpu_kernels_{variant}", cpp_sources=_SRC.read_text(),
-                    functions=["scan_fwd", "conv_silu_fwd"], extra_cflags=_CFLAGS + _VARIANT_FLAGS[variant],
-                    extra_ldflags=["-fopenmp"], verbose=False)
-            except Exception as e:  # noqa: BLE001  any build failure means: use the torch path
-                msg = str(e).strip()
-                _MODULES[variant] = f"{type(e).__name__}: {msg.splitlines()[-1] if msg else e}"
-    mod = _MODULES[variant]
-    return None if isinstance(mod, str) else mod
+class CppExtension:
+    """One C++ source file, compiled on first use per variant ("native", "portable") with the flags
+    above (torch.utils.cpp_extension: g++ and ninja; ~25 s once, then cached on disk under
+    ~/.cache/torch_extensions), or the reason it could not be built. Shared by this file's kernels
+    and the Mamba-2 scan's (ssd_cpu.py)."""
+
+    def __init__(self, name: str, source: Path, functions: list, what: str):
+        self.name, self.source, self.functions, self.what = name, source, functions, what
+        self.built: dict = {}   # variant -> compiled module, or the reason it failed (str)
+        self._lock = threading.Lock()
+
+    def load(self, variant: str = "native"):
+        """The compiled module (built once per process), or None where it cannot be built."""
+        with self._lock:
+            if variant not in self.built:
+                try:
+                    from torch.utils.cpp_extension import load_inline
+                    self.built[variant] = load_inline(
+                        f"{self.name}_{variant}", cpp_sources=self.source.read_text(), functions=self.functions,
+                        extra_cflags=_CFLAGS + _VARIANT_FLAGS[variant], extra_ldflags=["-fopenmp"], verbose=False)
+                except Exception as e:  # noqa: BLE001  any build failure means: use the torch path
+                    msg = str(e).strip()
+                    self.built[variant] = f"{type(e).__name__}: {msg.splitlines()[-1] if msg else e}"
+        mod = self.built[variant]
+        return None if isinstance(mod, str) else mod
+
+    def reason(self, variant: str = "native") -> str:
+        """Why the variant did not build ("" when it did, or was never tried)."""
+        mod = self.built.get(variant)
+        return mod if isinstance(mod, str) else ""
+
+    def module(self, variant: str = "native"):
+        """The compiled module, or a RuntimeError that says why not and what to do."""
+        mod = self.load(variant)
+        if mod is None:
+            raise RuntimeError(f"{self.what} could not be built ({self.built[variant]}); it needs g++ and the "
+                               "ninja package (pip install ninja), or use backend='torch'")
+        return mod
+
+
+_EXT = CppExtension("mambascope_cpu_kernels", Path(__file__).with_name("cpu_kernels.cpp"),
+                    ["scan_fwd", "conv_silu_fwd"], "the compiled CPU kernels")
+_MODULES = _EXT.built
 
 
 def available() -> bool:
-    return _load() is not None
+    return _EXT.load() is not None
 
 
 def module(variant: str = "native"):
     """The compiled module, or a RuntimeError that says why not and what to do."""
-    mod = _load(variant)
-    if mod is None:
-        raise RuntimeError(f"the compiled CPU kernels could not be built ({_MODULES[variant]}); they "
-                           "need g++ and the ninja package (pip install ninja), or use backend='torch'")
-    return mod
+    return _EXT.module(variant)
 
 
 def rows(t: torch.Tensor) -> torch.Tensor:

@@ -14,46 +14,31 @@ is handed to the torch backend, so results never depend on it.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
 
-from .scan_cpu import _CFLAGS
-from .ssd_reference import (DT_LIMIT_NONE, SSDResult, check_ssd_inputs, discretize_dt)
+from .scan_cpu import CppExtension
+from .ssd_reference import DT_LIMIT_NONE, SSDResult, check_ssd_inputs
 from .ssd_torch import mamba_chunk_scan_torch
 
-_SRC = Path(__file__).with_name("ssd_cpu.cpp")
-_LOCK = threading.Lock()
-_MODULE: list = []   # [compiled module] or [the reason it failed (str)], filled once
-
-
-def _load():
-    """Compile once per process (the build is cached on disk) or remember why it failed."""
-    with _LOCK:
-        if not _MODULE:
-            try:
-                from torch.utils.cpp_extension import load_inline
-                _MODULE.append(load_inline("mambascope_ssd_cpu", cpp_sources=_SRC.read_text(),
-                                           functions=["ssd_fwd"], extra_cflags=_CFLAGS,
-                                           extra_ldflags=["-fopenmp"], verbose=False))
-            except Exception as e:  # noqa: BLE001  any build failure means: use the torch path
-                msg = str(e).strip()
-                _MODULE.append(f"{type(e).__name__}: {msg.splitlines()[-1] if msg else e}")
-    return None if isinstance(_MODULE[0], str) else _MODULE[0]
+_EXT = CppExtension("mambascope_ssd_cpu", Path(__file__).with_name("ssd_cpu.cpp"), ["ssd_fwd"],
+                    "the compiled SSD scan")
+VARIANTS = ("native", "portable")   # portable: the build a CPU without AVX-512 gets (scan_cpu.py)
 
 
 def available() -> bool:
-    return _load() is not None
+    return _EXT.load() is not None
 
 
-def module():
+def module(variant: str = "native"):
     """The compiled module, or a RuntimeError that says why not and what to do."""
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the compiled SSD scan could not be built ({_MODULE[0]}); it needs g++ and "
-                           "the ninja package (pip install ninja), or use backend='torch'")
-    return mod
+    return _EXT.module(variant)
+
+
+def build_error(variant: str = "native") -> str:
+    """Why the compiled scan did not build ("" if it did or was not tried)."""
+    return _EXT.reason(variant)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -67,8 +52,9 @@ _NONE = torch.empty(0)
 
 def mamba_chunk_scan_cpu(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                          dt_softplus=False, dt_limit=DT_LIMIT_NONE, return_final_states=False,
-                         return_state_norm=False, return_states=False) -> SSDResult:
-    """The SSD scan on the compiled kernel; shapes and result as mamba_chunk_scan_reference."""
+                         return_state_norm=False, return_states=False, variant: str = "native") -> SSDResult:
+    """The SSD scan on the compiled kernel; shapes and result as mamba_chunk_scan_reference.
+    dt_bias, softplus and dt_limit are applied inside the kernel (dt is read raw, any strides)."""
     check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states)
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -77,18 +63,20 @@ def mamba_chunk_scan_cpu(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=Non
                                       initial_states=initial_states, dt_softplus=dt_softplus,
                                       dt_limit=dt_limit, return_final_states=return_final_states,
                                       return_state_norm=return_state_norm, return_states=return_states)
-    mod = module()
+    mod = module(variant)
     if x.device.type != "cpu":
         raise RuntimeError("backend='cpu' takes CPU tensors; use backend='triton' or 'torch' on CUDA")
     batch, L, nheads, headdim = x.shape
     n = B.shape[-1]
-    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit).contiguous()         # [b, l, h] fp32
+    lo, hi = (float(v) for v in dt_limit)
+    clamp = (lo, hi) != DT_LIMIT_NONE                                # as discretize_dt: default = no clamp
     Dhp = (D.float().expand(headdim, nheads).T if D.dim() == 1 else D.float()).contiguous() if D is not None else _NONE
     h = (initial_states.float().contiguous().clone() if initial_states is not None
          else x.new_zeros(batch, nheads, headdim, n, dtype=torch.float32))          # [b, h, p, n] -> final
     out = x.new_empty(batch, L, nheads, headdim, dtype=torch.float32)              # [b, l, h, p]
     norm = x.new_empty(batch, L, nheads, dtype=torch.float32) if return_state_norm else _NONE
-    mod.ssd_fwd(_unit_last(x), delta, A.float().contiguous(), _unit_last(B), _unit_last(C), Dhp,
-                _unit_last(z) if z is not None else _NONE, h, out, norm)
+    mod.ssd_fwd(_unit_last(x), dt.float(), dt_bias.float().contiguous() if dt_bias is not None else _NONE,
+                bool(dt_softplus), clamp, lo, hi, A.float().contiguous(),
+                _unit_last(B), _unit_last(C), Dhp, _unit_last(z) if z is not None else _NONE, h, out, norm)
     return SSDResult(out.to(x.dtype), h if return_final_states else None,
                      norm if return_state_norm else None, None)

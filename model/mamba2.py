@@ -59,16 +59,18 @@ class RMSNormGated(nn.Module):
         self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
 
-    def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        """y, z: [..., d] -> [..., d] in y's dtype."""
-        yf, gate = y.float(), F.silu(z.float())
-        if not self.norm_before_gate:
-            yf = yf * gate
-        g = yf.unflatten(-1, (-1, self.group_size))                    # [..., G, d / G]
-        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.eps)
+    def forward(self, y: Tensor, z: Optional[Tensor] = None) -> Tensor:
+        """y, z: [..., d] -> [..., d] in y's dtype. z=None: no gate (as mamba_ssm's; the mixer passes
+        y already gated when the scan applied silu(z))."""
+        yf = y.float()
+        if z is not None and not self.norm_before_gate:
+            yf = F.silu(z.float()).mul_(yf)                            # y * silu(z), in silu's buffer
+        # torch's fused RMSNorm over each group (one pass instead of square, mean, rsqrt, multiply:
+        # measured 0.3 vs 1.3 ms at [4096, 128] on one core, same values in fp32)
+        g = F.rms_norm(yf.unflatten(-1, (-1, self.group_size)), (self.group_size,), eps=self.eps)  # [..., G, d / G]
         out = g.flatten(-2) * self.weight.float()                      # [..., d]
-        if self.norm_before_gate:
-            out = out * gate
+        if z is not None and self.norm_before_gate:
+            out = out * F.silu(z.float())
         return out.to(y.dtype)
 
 
@@ -181,8 +183,12 @@ class Mamba2Mixer(nn.Module):
             if hooks is not None and hooks.delta is not None:
                 delta = hooks.delta(delta.transpose(1, 2)).transpose(1, 2)       # via [B, H, L]
             dt, dt_args = delta, dict(dt_bias=None, dt_softplus=False, dt_limit=DT_LIMIT_NONE)
-        # without the gated norm, z gates inside the scan (mamba_ssm) unless y is on record
-        gate_in_scan = self.norm is None and "ssm_output" not in want
+        # z gates inside the scan unless y is on record: without the gated norm (as mamba_ssm), and on
+        # the compiled CPU scan before a norm(y * silu(z)), whose input is that product (the fused
+        # gate measured ~3x cheaper than torch's silu and multiply; the torch path, what training
+        # runs, keeps the gate in the norm)
+        gate_in_scan = "ssm_output" not in want and (
+            self.norm is None or (backend == "cpu" and not self.norm.norm_before_gate))
         z_heads = z.reshape(batch, L, H, P)                             # [B, L, H, P]
         res = mamba_chunk_scan(x, dt, A, Bm, Cm, self.chunk_size, D=Dskip, z=z_heads if gate_in_scan else None,
                                initial_states=state.ssm if state is not None else None,
@@ -192,7 +198,7 @@ class Mamba2Mixer(nn.Module):
             res = SSDResult(res[0], res[1], None, None)
         y = res.out.reshape(batch, L, D)                                # [B, L, D]
         if self.norm is not None:
-            out = self.norm(y, z)
+            out = self.norm(y, None if gate_in_scan else z)
         else:
             out = y if gate_in_scan else y * F.silu(z)
         out = self.out_proj(out)                                        # [B, L, d_model]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interventions import PatchState, ZeroState, chunk_hooks, state_edits, validate
+from .interventions import STATE_EDITS, PatchState, chunk_hooks, state_edits, validate
 from .records import RecordSpec
 
 # tokens per time chunk: a chunk's activations stay small (~1k floats per token and layer for the
@@ -76,7 +76,7 @@ def run(lm, tokens: Tensor, interventions: Sequence = (), *, include: Sequence[s
     n_layer = lm.config.n_layer
     sources = {id(iv): _source_state(lm, iv, batch, backend, chunk_len) for iv in interventions
                if isinstance(iv, PatchState) and iv.t > 0}
-    edit_steps = [iv.t for iv in interventions if isinstance(iv, (ZeroState, PatchState))]
+    edit_steps = [iv.t for iv in interventions if isinstance(iv, STATE_EDITS)]
     snap_at = {t + 1: t for t in snaps}            # a snapshot after step t is the state entering t + 1
 
     cur, logits, records, out_snaps = None, [], None, {}

@@ -180,10 +180,11 @@ def test_non_finite_numbers_in_whole_number_fields(server):
 SHORT = "1 2 S 5 3 4 3 S"
 VIEW = [("tokens", SHORT), ("channel_sort", "index"), ("max_bins", 64), ("t_from", None), ("t_to", None),
         ("layers", LAYERS), ("bin_stat", "max")]
+GENERATOR = [("length", 64), ("trigger_pos", -1), ("memory", -1), ("seed", 0), ("n_triggers", 1),
+             ("filler_excludes_memory", False), ("memory_in_filler_every", 0)]
 ENDPOINTS = {   # endpoint -> its parameters with a valid value each
     "/run": VIEW,
-    "/generate": [("length", 64), ("trigger_pos", -1), ("memory", -1), ("seed", 0), ("n_triggers", 1),
-                  ("filler_excludes_memory", False), ("memory_in_filler_every", 0)],
+    "/generate": GENERATOR,
     "/preset": [("name", "Two triggers")],
     "/set_memory": [("tokens", SHORT), ("memory", 3)],
     "/move_trigger": [("tokens", SHORT), ("position", 1)],
@@ -194,6 +195,18 @@ ENDPOINTS = {   # endpoint -> its parameters with a valid value each
     "/hidden_attention": [("tokens", SHORT), ("checkpoint", ANALYTIC), ("layer", "layer 2"), ("channel", "3")],
     "/intervene": [("tokens", SHORT), ("checkpoint", ANALYTIC), ("kind", "clamp Δ"), ("layer", "layer 2"),
                    ("channels", "3"), ("timestep", None), ("until", None), ("value", 0.0)],
+    "/permalink": [("tokens", SHORT), *GENERATOR, *VIEW[1:], ("checkpoint_a", TRAINED), ("checkpoint_b", ANALYTIC),
+                   ("tab", "explore")],
+    "/open_link": [("query", "?seq=1,2,S,5,3,4,3,S&bins=32&layers=2&tab=lens")],
+    "/corrupt_memory": [("tokens", SHORT), ("memory", 3)],
+    "/corrupt_trigger": [("tokens", SHORT), ("position", 1)],
+    "/patching": [("tokens", SHORT), ("corrupted", "1 2 S 6 3 4 3 S"), ("kind", "Δ")],
+    "/logit_lens": [("tokens", SHORT), ("top_k", 3)],
+    "/figure": [("which", "logit lens"), ("format", "svg"), ("dpi", 300), ("tokens", SHORT), *GENERATOR, *VIEW[1:],
+                ("checkpoint_a", TRAINED), ("checkpoint_b", ANALYTIC), ("attention_layer", "layer 2"),
+                ("attention_channel", "3"), ("intervention_kind", "clamp Δ"), ("intervention_layer", "layer 2"),
+                ("intervention_channels", "3"), ("timestep", None), ("until", None), ("value", 0.0),
+                ("corrupted", "1 2 S 6 3 4 3 S"), ("patch_kind", "state h"), ("top_k", 3)],
 }
 # None, a huge number, NaN, 1e400 (inf once parsed), text in a numeric field / an unknown choice,
 # 200k characters: sent as raw JSON, as any HTTP client can
@@ -293,4 +306,4 @@ def test_batch_export_cli_writes_every_format(checkpoint, tmp_path, capsys):
 def test_batch_export_cli_every_flag_has_help():
     from ui import export
     flags = [a for a in export.parser()._actions if a.option_strings and a.dest != "help"]
-    assert len(flags) == 16 and all(a.help for a in flags), [a.dest for a in flags if not a.help]
+    assert len(flags) == 18 and all(a.help for a in flags), [a.dest for a in flags if not a.help]

@@ -205,3 +205,85 @@ def test_mechanism_tab_renders_the_comparison_charts(page):
     assert "top token at the query" in page.inner_text("#mech-compare-summary")
     assert page.evaluate(CANVAS_INK, "#mech-ratio-a .vega-embed canvas") > 0.01       # drawn, not blank
     page.get_by_role("tab", name="Explore").click()
+
+
+def wait_text(pg, selector: str, text: str) -> None:
+    """Until the element exists and its text holds `text` (a freshly opened page renders it late)."""
+    pg.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && e.innerText.includes(t); }",
+                         arg=[selector, text], timeout=TIMEOUT_MS)
+
+
+def fits_1280(pg) -> dict:
+    """The page's horizontal overflow and the dashboard canvas' right edge against the window."""
+    return pg.evaluate("""() => { const s = document.scrollingElement;
+        const c = document.querySelector('#charts .vega-embed canvas').getBoundingClientRect();
+        const p = document.querySelector('#charts').getBoundingClientRect();
+        return {scrollWidth: s.scrollWidth, clientWidth: s.clientWidth, chartRight: c.right, plotRight: p.right,
+                windowWidth: window.innerWidth}; }""")
+
+
+def test_a_link_restores_the_view_and_copy_link_reproduces_it(page):
+    """Open a permalink in a fresh 1280 px window: the generator's sequence, the channel order, the
+    bins, the window, the layers and the tab come back, and the dashboard fits the window (no
+    horizontal scrolling, the Δ-ratio column inside it); "copy link" gives the same view back."""
+    url = page.url.split("?")[0]
+    p2 = page.context.browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        p2.goto(url + "?gen=300,-1,7,2,1,0,0&sort=ratio&bins=32&from=10&to=250&layers=2&stat=mean&tab=explore",
+                timeout=TIMEOUT_MS)
+        wait_text(p2, "#summary", "L = 300")
+        p2.wait_for_selector("#charts .vega-embed canvas", timeout=TIMEOUT_MS)
+        from tasks import INDUCTION
+        from tasks.induction import Generator
+        assert p2.input_value("#tokens textarea") == INDUCTION.format(INDUCTION.realize(Generator(300, -1, 7, 2)))
+        assert "memory M = 7" in p2.inner_text("#summary").replace("*", "")
+        assert "binned by **8** steps".replace("*", "") in p2.inner_text("#summary").replace("*", "")  # 240 / 32
+        assert p2.inner_text("#link-note").strip() == ""                # restored in full
+        m = fits_1280(p2)
+        assert m["scrollWidth"] <= m["clientWidth"] and m["chartRight"] <= min(m["plotRight"], m["windowWidth"]), m
+        p2.click("#copy-link")
+        p2.wait_for_function("() => document.querySelector('#permalink textarea, #permalink input').value"
+                             ".startsWith('http')", timeout=TIMEOUT_MS)
+        link = p2.input_value("#permalink textarea, #permalink input")
+        assert "gen=300,-1,7,2,1,0,0" in link and "sort=ratio" in link and "bins=32" in link and "layers=2" in link
+        p2.get_by_role("tab", name="Mechanism").click()
+        p2.click("#copy-link")
+        p2.wait_for_function("() => document.querySelector('#permalink textarea, #permalink input').value"
+                             ".includes('tab=mechanism')", timeout=TIMEOUT_MS)
+        link = p2.input_value("#permalink textarea, #permalink input")
+        p2.goto(link, timeout=TIMEOUT_MS)                               # the copied link opens the same view
+        wait_text(p2, "#summary", "L = 300")
+        assert p2.get_by_role("tab", name="Mechanism").get_attribute("aria-selected") == "true"
+    finally:
+        p2.close()
+
+
+def test_an_unknown_link_says_why_and_opens_the_default_view(page):
+    url = page.url.split("?")[0]
+    p2 = page.context.browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        p2.goto(url + "?h=00000000deadbeef&bins=5000", timeout=TIMEOUT_MS)
+        wait_text(p2, "#link-note", "not known")
+        assert "time bins 5000 is out of range" in p2.inner_text("#link-note")
+        wait_text(p2, "#summary", "L = 256")
+    finally:
+        p2.close()
+
+
+def test_patching_and_lens_tabs_draw(page):
+    page.get_by_role("tab", name="Explore").click()
+    page.fill("#tokens textarea", "3 7 1 S 9 4 4 2 5 1 2 S")
+    page.get_by_role("tab", name="Patching").click()
+    page.click("#corrupt-memory")                                     # M := 0 (the widget's value)
+    page.wait_for_function("() => document.querySelector('#corrupted textarea').value === '3 7 1 S 0 4 4 2 5 1 2 S'",
+                           timeout=TIMEOUT_MS)
+    page.click("#run-patching")
+    page.wait_for_selector("#patching-heatmap .vega-embed canvas, #patching-heatmap .vega-embed svg.marks",
+                           timeout=TIMEOUT_MS)
+    assert "target 9" in page.inner_text("#patching-summary")
+    assert page.evaluate(CANVAS_INK, "#patching-heatmap .vega-embed canvas") > 0.01
+    page.get_by_role("tab", name="Logit lens").click()
+    page.click("#run-lens")
+    page.wait_for_selector("#lens-chart .vega-embed canvas, #lens-chart .vega-embed svg.marks", timeout=TIMEOUT_MS)
+    assert "answer **9**".replace("*", "") in page.inner_text("#lens-summary").replace("*", "")
+    page.get_by_role("tab", name="Explore").click()

@@ -27,7 +27,7 @@ def device_for(backend):
 
 def skip_reason(backend):
     if backend == "cpu" and not ssd_cpu.available():
-        return f"the compiled SSD scan does not build here ({ssd_cpu._MODULE[0]})"
+        return f"the compiled SSD scan does not build here ({ssd_cpu.build_error()})"
     if backend == "triton" and not ssd_triton_available():
         return "triton does not import"
     if backend == "triton" and not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
@@ -147,6 +147,73 @@ def test_gradients_match_float64_reference(backend, case):
     for name in g_ref:
         assert g[name].dtype == ins[name].dtype, name
         assert rel(g[name], g_ref[name]) < 1e-5, name
+
+
+def as_projection_views(ins):
+    """z, x, B, C, dt as slices of one [b, l, 2hp + 2gn + h] tensor, as Mamba2's in_proj output."""
+    b, l, h, p = ins["x"].shape
+    g, n = ins["B"].shape[2:]
+    zxbcdt = torch.cat([ins["z"].flatten(2), ins["x"].flatten(2), ins["B"].flatten(2), ins["C"].flatten(2),
+                        ins["dt"][..., None].flatten(2)], dim=-1)                   # [b, l, 2hp + 2gn + h]
+    z, x, B, C, dt = torch.split(zxbcdt, [h * p, h * p, g * n, g * n, h], dim=-1)
+    return {**ins, "z": z.view(b, l, h, p), "x": x.view(b, l, h, p), "B": B.view(b, l, g, n),
+            "C": C.view(b, l, g, n), "dt": dt}
+
+
+# The compiled CPU scan's own edges (ssd_cpu.cpp): the state in blocks of 16 head channels (p = 5,
+# 20, 40: partial blocks), n odd or not a multiple of the vector width, two steps per pass over the
+# state (odd l: a single step at the end), time blocks of 128 steps (l = 133, 300), groups, and L = 1.
+CPU_CASES = {   # (b, l, h, p, n, g), D per head or per channel
+    "L1-n12": ((1, 1, 2, 16, 12, 1), "head"),
+    "p20-n20-groups2": ((2, 37, 4, 20, 20, 2), "channel"),
+    "p5-n64-L300": ((1, 300, 2, 5, 64, 1), "head"),
+    "p40-n128-groups2": ((1, 133, 2, 40, 128, 2), "channel"),
+    "p16-n16-the-model's": ((1, 258, 8, 16, 16, 1), "head"),
+    "p24-n7": ((3, 20, 3, 24, 7, 3), "channel"),
+}
+
+
+@pytest.mark.skipif(skip_reason("cpu") is not None, reason=str(skip_reason("cpu")))
+@pytest.mark.parametrize("variant", ssd_cpu.VARIANTS)
+@pytest.mark.parametrize("gate", [True, False], ids=["gate", "no-gate"])
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_compiled_scan_edges_match_reference(case, gate, variant):
+    """Every output (out, final state, state norms) on the model's strided views, with an initial
+    state; "portable" is the build a CPU without AVX-512 gets (tested on AVX-512 machines too)."""
+    shape, D = CPU_CASES[case]
+    ins = make_ssd_inputs(*shape, D=D, seed=len(case))
+    views = as_projection_views(ins)
+    if not gate:
+        views["z"] = ins["z"] = None
+    kw = dict(chunk_size=16, dt_softplus=True, return_final_states=True, return_state_norm=True)
+    ref = mamba_chunk_scan(**as_double(ins), backend="reference", **kw)
+    with torch.no_grad():
+        res = ssd_cpu.mamba_chunk_scan_cpu(**views, variant=variant, **kw)
+    for name in ("out", "final_states", "state_norm"):
+        assert rel(getattr(res, name), getattr(ref, name)) < 1e-5, name
+
+
+@pytest.mark.skipif(skip_reason("cpu") is not None, reason=str(skip_reason("cpu")))
+@pytest.mark.parametrize("variant", ssd_cpu.VARIANTS)
+def test_compiled_scan_extreme_steps(variant):
+    """Δ A far below -87 (the decay underflows to 0 exactly), Δ > 20 (softplus is the identity
+    there), a clamped Δ, and a raw negative Δ (decay > 1, no softplus and no limit: the spec's)."""
+    ins = make_ssd_inputs(2, 41, 4, 16, 16, 2, seed=3)
+    ins["dt"] = ins["dt"] * 60                                      # softplus(dt) up to ~100: Δ A < -87
+    kw = dict(chunk_size=16, return_final_states=True, return_state_norm=True)
+    for call in (dict(dt_softplus=True), dict(dt_softplus=True, dt_limit=(0.05, 3.0))):
+        ref = mamba_chunk_scan(**as_double(ins), backend="reference", **kw, **call)
+        with torch.no_grad():
+            res = ssd_cpu.mamba_chunk_scan_cpu(**ins, variant=variant, **kw, **call)
+        for name in ("out", "final_states", "state_norm"):
+            assert rel(getattr(res, name), getattr(ref, name)) < 1e-5, (call, name)
+    small = {**ins, "dt": ins["dt"] / 6000, "dt_bias": None}       # raw Δ in ±0.02: decays around 1
+    ref = mamba_chunk_scan(**as_double(small), backend="reference", **kw)
+    with torch.no_grad():
+        res = ssd_cpu.mamba_chunk_scan_cpu(**small, variant=variant, **kw)
+    assert (small["dt"] < 0).any()
+    for name in ("out", "final_states", "state_norm"):
+        assert rel(getattr(res, name), getattr(ref, name)) < 1e-5, name
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -83,6 +83,7 @@ def test_safetensors_round_trip_is_lossless(lm, tmp_path):
         keys = set(f.keys())
     assert {"blocks.0.hook_delta", "blocks.1.hook_B", "blocks.1.hook_C", "blocks.0.hook_h",
             "hook_logits"} <= keys
+    assert not any("decay" in k for k in keys) and back.layers[0].decay is None   # Mamba-2's record only
 
 
 def test_bad_trace_inputs(lm, tmp_path):

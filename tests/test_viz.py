@@ -246,6 +246,8 @@ def test_heatmap_encodings_and_types(spec256):
             readout = [u for u in lay["layer"] if u["mark"]["type"] == "text"]
             expr = readout[-1]["mark"]["text"]["expr"]
             assert f"hover_{img['name']}_x" in expr and "channel" in expr and "token" in expr
+            # Mamba-1: channel rows of CHANNEL_PX (a Mamba-2 trace gets heads: test_mamba2_views.py)
+            assert lay["height"] == charts.CHANNEL_PX * D and enc["y"]["title"] == "channel (by Δ ratio)"
 
 
 def test_every_chart_has_its_data_and_no_cell_is_dropped(spec256):

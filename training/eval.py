@@ -215,7 +215,7 @@ def main(argv=None):
         print("\n| layer | unit | Δ write (max) | Δ filler (mean) | ratio | min abs(A) | Δ_filler·min abs(A) |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for c in chans:
-            print(f"| {c['layer']} | {c['channel']} | {c['delta_memory']:.3g} | {c['delta_filler']:.3g} | "
+            print(f"| {c['layer'] + 1} | {c['channel']} | {c['delta_memory']:.3g} | {c['delta_filler']:.3g} | "
                   f"{c['ratio']:.2g} | {c['a_min']:.3g} | {c['forget_per_token']:.2g} |")
 
 

@@ -25,7 +25,7 @@ from kernels.cpu_memory import keep_freed_memory
 from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
 from tasks import INDUCTION, Task, task_for
 
-from .limits import HEAVY_CONCURRENCY
+from .limits import HEAVY_CONCURRENCY, limit_arenas
 
 try:                                     # Hugging Face ZeroGPU: the GPU is lent per decorated call
     import spaces
@@ -48,7 +48,9 @@ DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cp
 def configure_cpu() -> None:
     """Server setup on CPU (once, at start): one intra-op thread per concurrent request (with
     CONCURRENCY requests on few cores more threads oversubscribe them: a 16k trace took 2.6 s
-    with 1 thread vs 55 s with 2 under load), and freed activations kept in the process."""
+    with 1 thread vs 55 s with 2 under load), freed activations kept in the process between
+    requests, and few malloc arenas so that an idle server can hand the memory back (ui/limits.py)."""
+    limit_arenas()
     if DEVICE.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
         keep_freed_memory()

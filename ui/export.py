@@ -3,9 +3,12 @@
     python -m ui.export --n 100 --length 256 --out out/traces                  # generated
     python -m ui.export --sequences seqs.txt --formats safetensors,csv --out out/t
     python -m ui.export --n 8 --length 16384 --checkpoint runs/s0/best.safetensors
+    python -m ui.export --n 2 --formats safetensors --figure png --dpi 300 --out out/figs
 
 Formats: the trace as safetensors (every array, MambaLens keys, metadata; `Trace.load` reads it),
-a tidy gzipped CSV (viz/tables.py), the charts as one offline HTML page (viz/charts.py).
+a tidy gzipped CSV (viz/tables.py), the charts as one offline HTML page (viz/charts.py); with
+--figure png|svg also the dashboard as a figure for a paper (viz/figure.py: vl-convert, a caption
+naming the checkpoint sha256, the sequence and the binning; --dpi for the PNG).
 
 CLI: --sequences is a text file with one sequence per line in the app's format ('3 7 1 S 9 ...';
 blank lines and lines starting with # are skipped). Without it, --n sequences come from the
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from tasks import INDUCTION, TokenError
 from tasks import induction as ind
-from viz import charts, tables
+from viz import charts, figure, tables
 from viz.frames import MAX_BINS_DEFAULT, TraceView, clamp_window
 
 from . import common, explore, storage
@@ -92,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse (error) a CSV over this many rows; raise it deliberately for long runs")
     c.add_argument("--max-bins", type=int, default=MAX_BINS_DEFAULT, help="time bins of the HTML charts")
     c.add_argument("--sort", choices=("index", "ratio"), default="index", help="channel order in the charts")
+    f = p.add_argument_group("figure")
+    f.add_argument("--figure", choices=("png", "svg"), default=None,
+                   help="also write the dashboard as a captioned figure, seq{i}.png or .svg (vl-convert)")
+    f.add_argument("--dpi", type=float, default=300, help="PNG resolution in dots per inch (36..600)")
     return p
 
 
@@ -102,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or not args.formats:
         p.error(f"--formats: unknown format {bad[0] if bad else '(none)'}; choose from {', '.join(FORMATS)}")
+    lo, hi = figure.DPI_RANGE
+    if not lo <= args.dpi <= hi:
+        p.error(f"--dpi {args.dpi:g} is out of range {lo}..{hi}")
     return args
 
 
@@ -118,6 +128,21 @@ def read_sequences(path, task=INDUCTION) -> list:
     if not out:
         raise TokenError(f"{path}: no sequences in it")
     return out
+
+
+def figure_caption(lm, label: str, tokens, args, generator) -> list:
+    """The CLI figure's caption: model and sha256, the sequence, the binning."""
+    L = len(tokens)
+    w = -(-L // args.max_bins)
+    if generator is not None:
+        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in asdict(generator).items())
+        seq = f"L = {L:,}, generated ({settings})"
+    else:
+        seq = f"L = {L:,}, from {Path(args.sequences).name}"
+    sha = (getattr(lm, "checkpoint_sha256", None) or "unsaved")[:12]
+    return [f"model {label}, sha256 {sha}", seq,
+            ("per timestep" if w == 1 else f"time binned by {w} steps (heatmaps: max per bin)") +
+            ("; channels sorted by Δ ratio" if args.sort == "ratio" else "; channels by index")]
 
 
 def main(argv=None) -> int:
@@ -164,10 +189,18 @@ def main(argv=None) -> int:
                 tr.save(stem.with_suffix(".safetensors"))
             if "csv" in args.formats:
                 tables.write_tidy_csv(tr, stem.with_suffix(".csv.gz"), quantities, max_rows=args.csv_max_rows)
+            if "html" in args.formats or args.figure:
+                view = TraceView.from_trace(tr, task, label=label)
+                chart = charts.dashboard(view, sort=args.sort, max_bins=args.max_bins)
             if "html" in args.formats:
-                chart = charts.dashboard(TraceView.from_trace(tr, task, label=label), sort=args.sort,
-                                         max_bins=args.max_bins)
                 stem.with_suffix(".html").write_text(charts.chart_html(chart), encoding="utf-8")
+            if args.figure:
+                fig = figure.captioned(chart, figure_caption(lm, label, tokens, args, None if args.sequences
+                                                             else gens[i]))
+                if args.figure == "svg":
+                    stem.with_suffix(".svg").write_text(figure.to_svg(fig), encoding="utf-8")
+                else:
+                    stem.with_suffix(".png").write_bytes(figure.to_png(fig, args.dpi))
         except ValueError as e:
             print(f"error: sequence {i}: {e}", file=sys.stderr)
             return 2

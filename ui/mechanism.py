@@ -100,31 +100,47 @@ def _channels(text: str, lm, tokens: np.ndarray, layer: int) -> list:
     return compare.parse_channels(text, lm.config.d_inner)
 
 
-@user_errors
-def compare_checkpoints(tokens_text: str, checkpoint_a: str, checkpoint_b: str):
-    """The same sequence on two checkpoints: (Markdown table, Δ-ratio chart A, Δ-ratio chart B)."""
+def checkpoint_sha(name) -> str:
+    """The first 12 hex digits of a checkpoint choice's sha256 ('unsaved' for an untrained model)."""
+    return (getattr(_model(name), "checkpoint_sha256", None) or "unsaved")[:12]
+
+
+def compare_charts(tokens_text, checkpoint_a, checkpoint_b) -> tuple:
+    """(Markdown table, Δ-ratio chart A or None, chart B or None); no error conversion."""
     tokens = common.tokens(tokens_text)
-    rows, plots = [], []
+    rows, charts_ = [], []
     for name in (checkpoint_a, checkpoint_b):
         lm = _model(name)
         pred, ratio = compare.query_summary(lm, tokens)
         rows.append((name, pred.top, pred.p_top, pred.memory, pred.p_memory, _ratio_note(ratio)))
-        plots.append(None if ratio is None else _plot(mechanism.delta_ratio_chart(
-            ratio, label=name, highlight=compare.memory_channel_pairs(ratio))))
-    return mechanism.prediction_markdown(rows, common.MODEL.task.labels), plots[0], plots[1]
+        charts_.append(None if ratio is None else mechanism.delta_ratio_chart(
+            ratio, label=name, highlight=compare.memory_channel_pairs(ratio)))
+    return mechanism.prediction_markdown(rows, common.MODEL.task.labels), charts_[0], charts_[1]
+
+
+@user_errors
+def compare_checkpoints(tokens_text: str, checkpoint_a: str, checkpoint_b: str):
+    """The same sequence on two checkpoints: (Markdown table, Δ-ratio chart A, Δ-ratio chart B)."""
+    md, a, b = compare_charts(tokens_text, checkpoint_a, checkpoint_b)
+    return md, None if a is None else _plot(a), None if b is None else _plot(b)
 
 
 @user_errors
 def show_attention(tokens_text: str, checkpoint: str, layer: str, channel: str) -> PlotData:
     """Hidden attention α̃ of one layer (one channel or mean |α̃|), binned to ATTENTION_MAX_BINS."""
+    return _plot(attention_chart(tokens_text, checkpoint, layer, channel))
+
+
+def attention_chart(tokens_text, checkpoint, layer, channel):
+    """show_attention's chart; no error conversion."""
     tokens = common.tokens(tokens_text)
     lm = _model(checkpoint)
     li = common.layer_index(layer, lm.config.n_layer)
     ch = _channel(channel, lm.config.d_inner)
     alpha = compare.attention_map(lm, tokens, li, ch)
     what = MEAN_CHANNELS + " of |α̃|" if ch is None else f"channel {ch}"
-    return _plot(mechanism.hidden_attention_chart(alpha, tokens=tokens, max_bins=ATTENTION_MAX_BINS,
-                                                  title=f"{checkpoint}: layer {li + 1}, {what}"))
+    return mechanism.hidden_attention_chart(alpha, tokens=tokens, max_bins=ATTENTION_MAX_BINS,
+                                            title=f"{checkpoint}: layer {li + 1}, {what}")
 
 
 @user_errors
@@ -132,6 +148,12 @@ def intervene(tokens_text: str, checkpoint: str, kind: str, layer: str, channels
               timestep: Optional[float], until: Optional[float], value: float):
     """Query prediction before vs after one intervention: (Markdown table, p(M)-over-t chart).
     timestep empty = the write position (the memory token M after the first S)."""
+    md, chart = intervention_chart(tokens_text, checkpoint, kind, layer, channels_text, timestep, until, value)
+    return md, None if chart is None else _plot(chart)
+
+
+def intervention_chart(tokens_text, checkpoint, kind, layer, channels_text, timestep, until, value) -> tuple:
+    """intervene's (Markdown, chart or None); no error conversion."""
     tokens = common.tokens(tokens_text)
     lm = _model(checkpoint)
     kind = common.choice(kind, "intervention", compare.INTERVENTIONS)
@@ -151,6 +173,6 @@ def intervene(tokens_text: str, checkpoint: str, kind: str, layer: str, channels
     md = mechanism.prediction_markdown([("before", before.top, before.p_top, before.memory, before.p_memory, ""),
                                         ("after", after.top, after.p_top, after.memory, after.p_memory,
                                          f"{kind} ({where})")], common.MODEL.task.labels)
-    chart = None if before.p_memory_t is None else _plot(p_target_chart(
-        before.p_memory_t, after.p_memory_t, title=f"p(M) before vs after {kind}, {where}", y_title="p(M)"))
+    chart = None if before.p_memory_t is None else p_target_chart(
+        before.p_memory_t, after.p_memory_t, title=f"p(M) before vs after {kind}, {where}", y_title="p(M)")
     return md, chart

@@ -1,6 +1,7 @@
 """Permalinks: the whole view in the URL's query string, and back.
 
     ?gen=256,-1,-1,0,1,0,0&sort=ratio&bins=64&layers=1,2&stat=max&tab=explore&model=1a2b3c4d5e6f
+    (also ckpt= and cmp=: the Mechanism tab's two checkpoints; from= and to=: the time window)
     ?seq=3,7,1,S,9,4,S&from=2&to=6 ...        # a short sequence, token by token
     ?h=9f86d081884c7d65 ...                   # a long sequence the server has seen, by hash
 
@@ -124,7 +125,7 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
     settings = explore.view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
     g = _generator((length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory, memory_in_filler_every))
     q = _sequence_query(tokens, g)
-    q["sort"] = common.choice(channel_sort, "channel order", list(explore.SORTS))
+    q["sort"] = explore.SORTS[common.choice(channel_sort, "channel order", list(explore.SORTS))]   # 'ratio': ASCII
     q["bins"] = settings["max_bins"]
     for key, v in (("from", settings["t_from"]), ("to", settings["t_to"])):
         if v is not None:
@@ -170,7 +171,8 @@ def parse(query: dict) -> tuple:
     take("gen", gen)
     take("seq", lambda v: {"text": common.MODEL.task.format(common.tokens(v.replace(",", " ")))})
     take("h", lambda v: {"text": common.MODEL.task.format(recall(v))})
-    take("sort", lambda v: {"sort": common.choice(v, "channel order", list(explore.SORTS))})
+    by_value = {v: label for label, v in explore.SORTS.items()}             # 'ratio' -> the radio's 'Δ ratio'
+    take("sort", lambda v: {"sort": by_value[common.choice(v, "channel order", list(by_value))]})
     take("bins", lambda v: {"bins": whole(v, "time bins", 1, MAX_BINS_LIMIT)})
     take("from", lambda v: {"t_from": whole(v, "window from t")})
     take("to", lambda v: {"t_to": whole(v, "window to t")})
@@ -184,8 +186,8 @@ def parse(query: dict) -> tuple:
     own = common.MODEL.lm.checkpoint_sha256[:12] if common.MODEL.lm is not None and common.MODEL.lm.checkpoint_sha256 \
         else None
     if "model" in query and query["model"] != own:
-        notes.append(f"the link was made with model `{common.shown(query['model'], 20)}`; this server runs "
-                     f"`{own or 'no saved checkpoint'}`")
+        notes.append(f"the link was made with model {common.shown(query['model'], 20)}; this server runs "
+                     f"{own or 'no saved checkpoint'!r}")
     return view, notes
 
 
@@ -198,6 +200,7 @@ def outputs(view: View, notes: list) -> tuple:
             view.checkpoint, view.compare, view.tab, gr.Tabs(selected=view.tab), note)
 
 
+@common.user_errors
 def open_link(query: str) -> tuple:
     """A query string ('?gen=...' or 'gen=...') -> the widget values it sets (+ a note on what it could not)."""
     query = common.text(query, "link")

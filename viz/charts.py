@@ -16,6 +16,8 @@ The size is bounded by the time binning: at most MAX_BINS_LIMIT bins x channels 
 
 What the tokens are (labels, roles, the target) comes from the view's task; the Δ ratio beside
 each Δ heatmap is tasks.measures' (max Δ over the write window / median Δ over the filler after it).
+The heatmaps' rows are the view's units: Mamba-1's channels or Mamba-2's heads (view.unit names
+them in the titles, the axis and the readout); a few units get taller rows (unit_px).
 """
 from __future__ import annotations
 
@@ -32,8 +34,19 @@ from .inline import inline_csv
 TIME_PARAM = "time_range"       # not 'brush': gr.Plot strips a param of that name
 WIDTH = 720                     # px of the time axis
 CHANNEL_PX = 2                  # px per channel row in the heatmaps
+UNITS_MIN_PX = 128              # a heatmap of few units (Mamba-2's 8 heads) is still this tall
 VOCAB_PX = 6                    # px per vocabulary row in the predictions heatmap
 ROLE_COLORS = ["#d9d9d9", "#f58518", "#4c78a8", "#2ca02c", "#d62728"]    # filler, write, marker, correct, wrong
+
+
+def unit_px(n_units: int) -> int:
+    """px per unit row: CHANNEL_PX for a layer of channels (128 x 2 px), taller rows when there are
+    few units (8 heads x 16 px), so a heatmap is at least UNITS_MIN_PX tall."""
+    return max(CHANNEL_PX, UNITS_MIN_PX // max(1, n_units))
+
+
+# what the titles say per unit: (Δ heatmap suffix, state-norm symbol)
+UNIT_WORDS = {"channel": ("", "‖h_t[d,:]‖"), "head": (" per head", "‖h_t[head]‖ (over P × N)")}
 
 
 def time_selection(views: list) -> alt.TopLevelSelectionParameter:
@@ -124,8 +137,9 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
 
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
-                    name: str, stat: str = "max", scheme: str = "viridis") -> tuple:
-    """timestep x channel heatmap of one [L, D] quantity, channels top to bottom in `order`.
+                    name: str, stat: str = "max", scheme: str = "viridis", unit: str = "channel") -> tuple:
+    """timestep x unit heatmap of one [L, U] quantity, units (channels, or heads: `unit`) top to
+    bottom in `order`.
 
     Layers over one quantitative (t, row) plane, row = position in `order`:
       image    every cell, drawn server-side in Vega's `scheme` (viz/raster.py): one scene item
@@ -138,6 +152,7 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
     top level of the chart the layer ends up in, where the readout's expressions see them."""
     stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
     D = len(order)
+    px = unit_px(D)
     nb = len(bins.start)
     values = frame[stat].to_numpy().reshape(nb, -1)[:, order].T      # [D rows, nb bins]
     domain = raster.extent(values)
@@ -145,11 +160,12 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
     by_index = list(order) == sorted(order)
     # plain dicts, not Altair objects: every concat around this layer deep-copies it, and the
     # objects' unset properties made that ~150 ms per dashboard
-    y_axis = ({"values": [r + 0.5 for r in range(0, D, 16)], "labelExpr": "floor(datum.value)", "ticks": False,
+    step = min(16, max(1, D // 8))                     # 128 channels: every 16th; 8 heads: each
+    y_axis = ({"values": [r + 0.5 for r in range(0, D, step)], "labelExpr": "floor(datum.value)", "ticks": False,
                "grid": False} if by_index else {"labels": False, "ticks": False, "grid": False})
     x = {"field": "t", "type": "quantitative", "title": "timestep t",
          "scale": {"domain": [bins.t0, bins.t1], "nice": False, "zero": False}}
-    y = {"field": "row", "type": "quantitative", "title": "channel" + ("" if by_index else " (by Δ ratio)"),
+    y = {"field": "row", "type": "quantitative", "title": unit + ("" if by_index else " (by Δ ratio)"),
          "axis": y_axis, "scale": {"domain": [0, D], "reverse": True, "nice": False, "zero": False}}
     image = alt.Chart(alt.InlineData(values=[{"t": bins.t0, "t_end": bins.t1, "row": 0, "row_end": D, "url": url}]),
                       mark={"type": "image", "aspect": False, "smooth": False}, name=name,
@@ -164,26 +180,26 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                        encoding=alt.FacetedEncoding(color={
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
-    readout = hover.readout(frame, bins, order, name, what, WIDTH, CHANNEL_PX)
-    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=CHANNEL_PX * D,
+    readout = hover.readout(frame, bins, order, name, what, WIDTH, px, unit)
+    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D,
                       title=f"{title} ({_bin_note(bins, stat)})")
     return layer, [hover.selection(name), *hover.params(frame, tokens, order, name)]
 
 
-def ratio_chart(frame: pd.DataFrame, order: list, win: Windows) -> alt.Chart:
-    """Per channel, tasks.measures' Δ ratio: the max of Δ over the write window / the median of Δ
-    over the filler after it (frames.ratio_frame), in the heatmap's channel order so the bars
-    line up with its rows."""
+def ratio_chart(frame: pd.DataFrame, order: list, win: Windows, unit: str = "channel") -> alt.Chart:
+    """Per channel (or head: `unit`), tasks.measures' Δ ratio: the max of Δ over the write window /
+    the median of Δ over the filler after it (frames.ratio_frame), in the heatmap's row order so
+    the bars line up with its rows."""
     (w0, w1), (f0, f1) = win.write, win.filler
     write, filler = f"t = {w0}..{w1 - 1}", f"t = {f0}..{f1 - 1}"
     return alt.Chart(inline_csv(frame, numeric=("channel", "write", "write_step", "filler_median", "ratio")),
-                     mark=alt.MarkDef(type="bar", color="#f58518"), width=140, height=CHANNEL_PX * len(order),
+                     mark=alt.MarkDef(type="bar", color="#f58518"), width=140, height=unit_px(len(order)) * len(order),
                      title=alt.TitleParams("Δ ratio", subtitle=[f"max Δ, write {write}",
                                                                 f"÷ median Δ, filler {filler}"])).encode(
         y=alt.Y("channel:O", sort=list(order), axis=None),
         x=alt.X("ratio:Q", title="ratio (log; bars start at 1)", scale=alt.Scale(type="log")),
         x2=alt.X2Datum(1),                  # a bar from 1 (no change) to the ratio: log has no 0
-        tooltip=[alt.Tooltip("channel:O"),
+        tooltip=[alt.Tooltip("channel:O", title=unit),
                  alt.Tooltip("write:Q", title=f"max Δ over the write window {write}", format=".4g"),
                  alt.Tooltip("write_step:Q", title="at t"),
                  alt.Tooltip("filler_median:Q", title=f"median Δ over the filler {filler}", format=".4g"),
@@ -215,24 +231,27 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
                          "Probability of the top-1 token and of the target", "p", "p_lines")]
     views = ["tokens", "predictions", "p_lines"]
     heatmap_params = []                                               # each heatmap's hover params
+    unit = view.unit
+    per_unit, norm_of = UNIT_WORDS[unit]
     for i in layers:
         ratio = None if ratios is None else ratio_frame(ratios[i])
         order = unit_order(None if ratios is None else ratios[i].ratio, view.delta[i].shape[1], sort)
         dh, params = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
-                                     f"Layer {i + 1}: Δ (step size, after softplus)", "Δ", f"delta_{i + 1}", stat)
+                                     f"Layer {i + 1}: Δ (step size, after softplus){per_unit}", "Δ", f"delta_{i + 1}",
+                                     stat, unit=unit)
         heatmap_params += params
         # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
         # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
         dh = alt.hconcat(dh)
-        rows.append(alt.hconcat(dh, ratio_chart(ratio, order, view.windows)) if ratio is not None else dh)
+        rows.append(alt.hconcat(dh, ratio_chart(ratio, order, view.windows, unit)) if ratio is not None else dh)
         nh, params = channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
-                                     f"Layer {i + 1}: hidden-state norm ‖h_t[d,:]‖", "‖h‖", f"norm_{i + 1}", stat,
-                                     "magma")
+                                     f"Layer {i + 1}: hidden-state norm {norm_of}", "‖h‖", f"norm_{i + 1}", stat,
+                                     "magma", unit)
         heatmap_params += params
         rows.append(alt.hconcat(nh))
         rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},
                                               view, bins), bins,
-                                 f"Layer {i + 1}: total state norm ‖h_t‖ over all channels", "‖h_t‖",
+                                 f"Layer {i + 1}: total state norm ‖h_t‖ over all {unit}s", "‖h_t‖",
                                  f"total_norm_{i + 1}"))
         views += [f"delta_{i + 1}", f"norm_{i + 1}", f"total_norm_{i + 1}"]
     window = "" if (bins.t0, bins.t1) == (0, view.length) else f" · window t = {bins.t0}..{bins.t1 - 1}"

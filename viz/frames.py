@@ -1,8 +1,10 @@
 """From trace arrays to the tidy DataFrames the charts draw: time binning, token roles, channel
 order. numpy and pandas (and tasks/: what a token means) only.
 
-Axis order everywhere: time first, [L, D] (as in model/trace.py). A time *bin* covers the
-timesteps [t, t_end); with bin width 1 the max and the mean of a bin are the value itself.
+Axis order everywhere: time first, [L, U] (as in model/trace.py), U the mixer's units: Mamba-1's
+D channels or Mamba-2's H heads (TraceView.unit says which; frames keep the column name
+"channel" for either, the charts title it with the unit). A time *bin* covers the timesteps
+[t, t_end); with bin width 1 the max and the mean of a bin are the value itself.
 
 Binning rule: a window of n timesteps and at most `max_bins` bins gets bins of width
 w = ceil(n / max_bins) and ceil(n / w) bins; the last bin may be shorter (its mean divides by
@@ -32,6 +34,7 @@ MAX_BINS_DEFAULT = 64        # time bins per chart by default: 64 x 128 = 8,192 
 MAX_BINS_LIMIT = 1024        # the widget's top; 1024 x 128 = 131,072 cells per heatmap image
 QUERY_ROLES = ("query: correct", "query: wrong")
 D_CONV_DEFAULT = 4           # mamba_ssm's d_conv, for a trace whose metadata does not say
+UNITS = ("channel", "head")  # what a per-layer array's second axis indexes: Mamba-1, Mamba-2
 
 
 def role_names(task: Task) -> list:
@@ -48,8 +51,9 @@ def trace_d_conv(meta: dict) -> int:
 @dataclass
 class TraceView:
     """The arrays the charts need, duck-typed from model.Trace (viz never imports the model).
-    tokens [L]; probs [L, V]; delta[i], state_norm[i]: [L, D] for layer i; the task the tokens
-    belong to; d_conv, the layers' causal-conv width (it sets the Δ ratio's write window)."""
+    tokens [L]; probs [L, V]; delta[i], state_norm[i]: [L, U] for layer i; the task the tokens
+    belong to; d_conv, the layers' causal-conv width (it sets the Δ ratio's write window); unit,
+    what the U axis indexes: "channel" (Mamba-1) or "head" (Mamba-2, the trace's meta["units"])."""
     tokens: np.ndarray
     probs: np.ndarray
     delta: list
@@ -57,17 +61,20 @@ class TraceView:
     task: Task
     label: str = ""                     # what model made it, for titles
     d_conv: int = D_CONV_DEFAULT
+    unit: str = "channel"
     positions: Positions = field(init=False)
 
     def __post_init__(self):
         self.tokens = np.asarray(self.tokens)
+        if self.unit not in UNITS:
+            raise ValueError(f"unknown unit {self.unit!r}; choose one of {', '.join(UNITS)}")
         self.positions = self.task.positions(self.tokens)
 
     @classmethod
     def from_trace(cls, tr, task: Task, label: str = "") -> "TraceView":
         return cls(tokens=tr.tokens, probs=tr.probs, delta=[lt.delta for lt in tr.layers],
                    state_norm=[lt.state_norm for lt in tr.layers], task=task, label=label,
-                   d_conv=trace_d_conv(tr.meta))
+                   d_conv=trace_d_conv(tr.meta), unit=(tr.meta or {}).get("units", "channel"))
 
     @property
     def length(self) -> int:
@@ -76,6 +83,11 @@ class TraceView:
     @property
     def n_layer(self) -> int:
         return len(self.delta)
+
+    @property
+    def n_units(self) -> int:
+        """U: channels (Mamba-1) or heads (Mamba-2) per layer."""
+        return int(np.asarray(self.delta[0]).shape[1])
 
     @cached_property
     def score(self) -> Score:
@@ -193,8 +205,9 @@ def _stats(vmax: np.ndarray, vmean: np.ndarray, bins: Bins) -> dict:
 
 
 def heatmap_frame(values: np.ndarray, bins: Bins) -> pd.DataFrame:
-    """values [L, D] -> one row per (bin, channel): t (bin start), channel, max[, mean].
-    Rows are time-major (bin 0 channels 0..D-1, bin 1 ...); n_bins * D rows, none dropped.
+    """values [L, U] -> one row per (bin, unit): t (bin start), channel (the unit id: a channel or
+    a head), max[, mean]. Rows are time-major (bin 0 units 0..U-1, bin 1 ...); n_bins * U rows,
+    none dropped.
     viz/charts.py draws it as an image and ships the values for the pointer readout."""
     vmax, vmean = bins.reduce(values)                                 # [nb, D] each
     nb, D = vmax.shape
@@ -235,12 +248,13 @@ def prediction_series(view: TraceView) -> dict:
 
 
 def total_state_norm(state_norm: np.ndarray) -> np.ndarray:
-    """[L, D] per-channel ||h_t[d, :]|| -> [L] ||h_t||_F over all channels and states."""
+    """[L, U] per-unit norms (||h_t[d, :]|| per channel, ||h_t[head]||_F per head) -> [L] ||h_t||_F
+    over the whole layer state."""
     return np.sqrt(np.square(state_norm.astype(np.float64)).sum(axis=1))
 
 
 def ratio_frame(r: DeltaRatio) -> pd.DataFrame:
-    """One layer's DeltaRatio -> [D] rows: channel, write (max Δ over the write window), write_step
-    (the t of that max), filler_median, ratio."""
+    """One layer's DeltaRatio -> [U] rows: channel (the unit id), write (max Δ over the write window),
+    write_step (the t of that max), filler_median, ratio."""
     return pd.DataFrame({"channel": np.arange(r.ratio.shape[0]), "write": r.write, "write_step": r.write_step,
                          "filler_median": r.filler_median, "ratio": r.ratio})

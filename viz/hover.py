@@ -1,5 +1,5 @@
 """The pointer readout of an image heatmap (viz/charts.py channel_heatmap): which cell is under
-the pointer, outlined, and a label beside it with t, token, channel and the value(s).
+the pointer, outlined, and a label beside it with t, token, channel (or head) and the value(s).
 
 Vega-Lite has no plain pointer-position param and the heatmap is one image, not a scene item per
 cell, so the readout is built from two parts:
@@ -51,11 +51,12 @@ def params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) ->
     return out
 
 
-def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, width: int, row_px: int) -> list:
+def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, width: int, row_px: int,
+            unit: str = "channel") -> list:
     """[outline, halo, label] unit charts for the heatmap view `name` (layer them over it).
 
     Pixel -> cell: x spans [t0, t1] over `width` px, bins are `bins.width` steps from t0; rows
-    are `row_px` apart, row r shows channel order[r]."""
+    are `row_px` apart, row r shows unit order[r] (a channel, or a head: `unit` labels it)."""
     D, nb = len(order), len(bins.start)
     px_per_step = width / (bins.t1 - bins.t0)
     hx, hy, cells = f"{param_name(name)}_x", f"{param_name(name)}_y", cells_name(name)
@@ -68,7 +69,7 @@ def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, 
     if bins.width > 1:
         value = f"'{what} max ' + {cells}_max[{idx}] + ', mean ' + {cells}_mean[{idx}]"
     text = (f"{on} ? ['t ' + {cells}_time[{col}] + ' · token ' + {cells}_token[{col}], "
-            f"'channel ' + {ch} + ' · ' + {value}] : ''")
+            f"'{unit} ' + {ch} + ' · ' + {value}] : ''")
     x0 = f"{col} * {px_per_step * bins.width}"
     # off the heatmap: a zero-size box at the origin and an empty label (anything placed outside
     # the plot would grow the view: autosize counts every mark's bounds)

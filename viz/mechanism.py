@@ -37,23 +37,24 @@ def highlight_mask(highlight, n_layer: int, n_channels: int) -> np.ndarray:
     return mask
 
 
-def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence = ()) -> alt.Chart:
+def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence = (), unit: str = "channel") -> alt.Chart:
     """The Δ ratio of tasks/measures.py (max Δ over the write window / median Δ over the filler after
-    it) per layer and channel, log scale.
+    it) per layer and unit (a Mamba-1 channel, a Mamba-2 head), log scale.
 
-    ratio: [n_layer, D]; highlight: 0-based (layer, channel) pairs drawn as memory channels (red);
-    without any, every point is one colour and there is no memory-channel legend.
+    ratio: [n_layer, U]; highlight: 0-based (layer, unit) pairs drawn as memory units (red);
+    without any, every point is one colour and there is no memory legend.
     """
     ratio = np.asarray(ratio, dtype=np.float64)
     L, D = ratio.shape
     mask = highlight_mask(highlight, L, D)
+    memory, other = MEMORY.replace("channel", unit), OTHER.replace("channel", unit)
     df = pd.DataFrame({"layer": np.repeat(np.arange(1, L + 1), D), "channel": np.tile(np.arange(D), L),
                        "ratio": np.clip(ratio.ravel(), 1e-3, None),
-                       "kind": np.where(mask.ravel(), MEMORY, OTHER)})
-    color = (alt.Color("kind:N", title=None, scale=alt.Scale(domain=[OTHER, MEMORY], range=["#9aa5b1", "#d62728"]))
+                       "kind": np.where(mask.ravel(), memory, other)})
+    color = (alt.Color("kind:N", title=None, scale=alt.Scale(domain=[other, memory], range=["#9aa5b1", "#d62728"]))
              if mask.any() else alt.value("#9aa5b1"))
     return alt.Chart(df).mark_circle(size=28).encode(
-        x=alt.X("channel:Q", title="channel d"),
+        x=alt.X("channel:Q", title=f"{unit} index"),
         y=alt.Y("ratio:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e"), title="Δ ratio (log)"),
         color=color,
         tooltip=["layer:O", "channel:O", "kind:N", alt.Tooltip("ratio:Q", format=".3g")],
@@ -62,18 +63,19 @@ def delta_ratio_chart(ratio: np.ndarray, label: str = "", highlight: Sequence = 
 
 
 def probe_accuracy_chart(acc: np.ndarray, distances: Sequence[int], layer: int, label: str = "",
-                         chance: float = 1 / 16) -> alt.Chart:
-    """Per-channel linear-probe accuracy for M from h[d, :], at several distances after the write.
+                         chance: float = 1 / 16, unit: str = "channel") -> alt.Chart:
+    """Per-unit linear-probe accuracy for M from the unit's state (a channel's h[d, :], a head's
+    h[h, :, :]), at several distances after the write.
 
-    acc: [n_distances, D] for one layer (layer is 0-based; shown 1-based).
+    acc: [n_distances, U] for one layer (layer is 0-based; shown 1-based).
     """
     acc = np.asarray(acc, dtype=np.float64)
     T, D = acc.shape
     df = pd.DataFrame({"distance": np.repeat(np.asarray(distances), D), "channel": np.tile(np.arange(D), T),
                        "accuracy": acc.ravel()})
-    title = f"probe accuracy for M per channel, layer {layer + 1} {label}".strip()
+    title = f"probe accuracy for M per {unit}, layer {layer + 1} {label}".strip()
     return alt.Chart(df, title=title).mark_rect().encode(
-        x=alt.X("channel:O", title="channel d", axis=alt.Axis(labels=False, ticks=False)),
+        x=alt.X("channel:O", title=f"{unit} index", axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("distance:O", title="steps after the write"),
         color=alt.Color("accuracy:Q", scale=alt.Scale(domain=[chance, 1.0], scheme="viridis", clamp=True)),
         tooltip=["channel:O", "distance:O", alt.Tooltip("accuracy:Q", format=".2f")],

@@ -1,5 +1,6 @@
 """One Markdown paragraph that says what the charts show: the task's positions and whether the
-model's top-1 at the query is the target (tasks.score, through TraceView.score). numpy only."""
+model's top-1 at the query is the target (tasks.score, through TraceView.score), and for a
+Mamba-2 trace that the rows are heads. numpy only."""
 from __future__ import annotations
 
 from .frames import TraceView
@@ -9,6 +10,8 @@ def describe(view: TraceView, bins_width: int = 1) -> str:
     pos, lab = view.positions, view.task.labels
     _, write_role, marker_role = view.task.roles
     parts = [f"**L = {view.length:,}** tokens"]
+    if view.unit == "head":             # Mamba-1's rows are channels, as they always were
+        parts.append(f"Mamba-2: Δ and the state norms are per **head** ({view.n_units} heads per layer)")
     if bins_width > 1:
         parts.append(f"time binned by **{bins_width}** steps (max and mean per bin)")
     if not pos.queries:

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 LAYER_QUANTITIES_DEFAULT = ("delta", "state_norm")
-LAYER_QUANTITIES_ALL = ("delta", "state_norm", "ssm_input", "ssm_output", "B", "C", "resid_post")
+# decay: Mamba-2 layers only (exp(Δ·A) per head); a quantity a trace lacks is skipped
+LAYER_QUANTITIES_ALL = ("delta", "state_norm", "ssm_input", "ssm_output", "B", "C", "decay", "resid_post")
 DEFAULT_QUANTITIES = LAYER_QUANTITIES_DEFAULT + ("probs",)
 ALL_QUANTITIES = LAYER_QUANTITIES_ALL + ("probs", "logits")
 MODEL_QUANTITIES = ("probs", "logits")
@@ -36,14 +37,17 @@ COLUMNS = ["layer", "t", "channel", "quantity", "value"]
 
 
 def _blocks(trace, quantities):
-    """(layer, quantity, array [L, C]) for every requested quantity; layer -1 for model outputs."""
+    """(layer, quantity, array [L, C]) for every requested quantity the trace holds; layer -1 for
+    model outputs. Arrays with more axes (Mamba-2's B, C [L, G, N]) are flattened to [L, G·N]:
+    the `channel` column is then g·N + n."""
     unknown = [q for q in quantities if q not in ALL_QUANTITIES]
     if unknown:
         raise ValueError(f"unknown quantity {unknown[0]!r}; choose from {', '.join(ALL_QUANTITIES)}")
     for i, lt in enumerate(trace.layers):
         for q in quantities:
-            if q not in MODEL_QUANTITIES:
-                yield i, q, getattr(lt, q)
+            a = None if q in MODEL_QUANTITIES else getattr(lt, q, None)
+            if a is not None:
+                yield i, q, a.reshape(a.shape[0], -1)
     for q in quantities:
         if q in MODEL_QUANTITIES:
             yield -1, q, getattr(trace, q)

@@ -1,0 +1,77 @@
+"""The logit lens (nostalgebraist 2020): the residual stream after each layer, read out as if it were
+the last one: through the final norm (norm_f) and the head (lm_head). Where along the depth does
+the answer appear?
+
+    lens = logit_lens(lm, tokens, k=3)
+    lens.probs       # [n_layer, L, V] the next-token distribution read after each layer
+    lens.top_ids     # [n_layer, L, k] the top-k tokens there (most likely first); lens.top_p alike
+    lens.first_layer # the first layer (0-based) whose top-1 at the query is the answer, or None
+
+The last layer's read-out is the model's own output (the same residual, norm and head), so
+lens.probs[-1] equals the trace's probs. The query is the sequence's first scored query (tasks'
+positions), the answer its target; without one, first_layer is None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from model import run
+from tasks import MAX_LEN
+
+from .compare import task_of
+
+TOP_K = 3
+MAX_ELEMS = 1 << 26           # n_layer x L x V read-out probabilities, at most (256 MiB of fp32)
+
+
+@dataclass
+class Lens:
+    probs: np.ndarray              # [n_layer, L, V]
+    top_ids: np.ndarray            # [n_layer, L, k] int64, most likely first
+    top_p: np.ndarray              # [n_layer, L, k]
+    query: Optional[int]           # the scored query's step, or None
+    target: Optional[int]          # its expected token, or None
+    first_layer: Optional[int]     # first layer (0-based) whose top-1 at the query is the target
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.probs.shape[0])
+
+
+@torch.no_grad()
+def read_out(lm, resid: torch.Tensor) -> torch.Tensor:
+    """Residual stream [..., d_model] -> next-token probabilities [..., V] through norm_f and the head
+    (mamba.py's forward_chunk: norm_f in its weight's dtype, then lm_head; padded vocabulary cut)."""
+    norm = lm.backbone.norm_f
+    logits = lm.lm_head(norm(resid.to(norm.weight.dtype)))[..., :lm.config.vocab_size]
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def logit_lens(lm, tokens, k: int = TOP_K) -> Lens:
+    """The lens of one sequence (see the module docstring). tokens: [L] ints."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"one non-empty sequence of token ids, got shape {tokens.shape}")
+    if tokens.size > MAX_LEN:
+        raise ValueError(f"the logit lens takes at most {MAX_LEN:,} tokens, got {tokens.size:,}")
+    V, n_layer = lm.config.vocab_size, lm.config.n_layer
+    if not 1 <= k <= V:
+        raise ValueError(f"top-k {k} is out of range 1..{V}")
+    if n_layer * tokens.size * V > MAX_ELEMS:
+        raise ValueError(f"the lens of {tokens.size:,} tokens x {n_layer} layers x {V:,} tokens of vocabulary is over "
+                         f"{MAX_ELEMS:,} numbers: choose at most {MAX_ELEMS // (n_layer * V):,} tokens")
+    res = run(lm, torch.from_numpy(tokens)[None].to(lm.device), include=("resid_post",))
+    probs = torch.stack([read_out(lm, r["resid_post"][0]) for r in res.records])      # [n_layer, L, V]
+    top_p, top_ids = torch.topk(probs, k, dim=-1)                                      # [n_layer, L, k]
+    scored = task_of(lm).positions(tokens).scored
+    query, target = (int(scored[0][0]), int(scored[0][1])) if scored else (None, None)
+    first = None
+    if query is not None:
+        hits = np.flatnonzero(top_ids[:, query, 0].cpu().numpy() == target)
+        first = int(hits[0]) if hits.size else None
+    return Lens(probs.cpu().numpy(), top_ids.cpu().numpy().astype(np.int64), top_p.cpu().numpy(), query, target,
+                first)

@@ -1,0 +1,41 @@
+"""The Logit lens tab's adapter: the Explore tab's sequence on the app's model, the residual stream
+after each layer read out through the final norm and the head (analysis/lens.py; viz/lens.py)."""
+from __future__ import annotations
+
+from gradio.components.plot import PlotData
+
+from analysis.lens import logit_lens
+from viz import charts
+from viz.lens import lens_chart
+
+from . import common
+from .common import user_errors
+
+TOP_K_MAX = 10
+
+
+def chart_of(tokens_text, top_k):
+    """(Markdown, chart) without error conversion (the figure export reuses it)."""
+    tokens = common.tokens(tokens_text)
+    k = common.whole(top_k, "top-k", 1, TOP_K_MAX)
+    lens = logit_lens(common.model(), tokens, k=k)
+    lab = common.MODEL.task.labels
+    if lens.query is None:
+        md = "The sequence has no scored query (nothing to recall): the chart shows p(top-1) after each layer."
+    else:
+        at = lens.top_ids[:, lens.query]                                   # [n_layer, k]
+        tops = " · ".join(f"layer {i + 1}: " + ", ".join(f"{lab[v]} ({lens.top_p[i, lens.query, j]:.2f})"
+                                                         for j, v in enumerate(at[i])) for i in range(lens.n_layer))
+        first = "no layer" if lens.first_layer is None else f"layer **{lens.first_layer + 1}**"
+        md = (f"Query at t = {lens.query}, answer **{lab[lens.target]}**: first the top-1 after {first}. "
+              f"Top-{k} at the query: {tops}")
+    chart = lens_chart(lens.probs, lens.top_ids, lens.top_p, lab, lens.target, lens.query, lens.first_layer,
+                       title=f"Logit lens, {common.MODEL.label}")
+    return md, chart
+
+
+@user_errors
+def show_lens(tokens_text: str, top_k: float):
+    """(Markdown summary, lens chart)."""
+    md, chart = chart_of(tokens_text, top_k)
+    return md, PlotData(type="altair", plot=charts.spec_json(chart))
