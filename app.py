@@ -111,7 +111,8 @@ def build_ui() -> gr.Blocks:
                     with gr.Row():
                         t_from = gr.Number(None, label="window from t", precision=0)
                         t_to = gr.Number(None, label="window to t (exclusive; 0 = the end)", precision=0)
-                        layers = gr.CheckboxGroup(layer_names, value=layer_names, label="layers")
+                        layers = gr.CheckboxGroup(layer_names, value=explore.default_layers(),
+                                                  label=f"layers (at most {explore.MAX_LAYERS_SHOWN})")
                     info = gr.Markdown(elem_id="summary")
                     plot = gr.Plot(label="trace", show_label=False, elem_id="charts")
                     with gr.Accordion("Export", open=False):

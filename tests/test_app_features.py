@@ -430,3 +430,17 @@ def test_identical_exports_are_stored_once(client, text64):
 
 def test_server_log_has_no_traceback(server, client):
     assert "Traceback" not in server[1].read_text()
+
+
+def test_default_layers_are_few_and_spread(monkeypatch):
+    """A deep model opens on 4 layers spread over its depth (the dashboard must not grow with the
+    layer count), and asking for more than 8 at once is a specific error."""
+    from ui import explore
+    names = [f"layer {i}" for i in range(1, 25)]
+    monkeypatch.setattr(explore, "layer_choices", lambda: names)
+    assert explore.default_layers() == ["layer 1", "layer 9", "layer 16", "layer 24"]
+    monkeypatch.setattr(explore, "layer_choices", lambda: names[:3])
+    assert explore.default_layers() == names[:3]
+    monkeypatch.setattr(explore, "layer_choices", lambda: names)
+    with pytest.raises(ValueError, match="9 layers chosen: show at most 8"):
+        explore.view_settings("index", 64, None, None, names[:9], "max")

@@ -24,8 +24,24 @@ SORTS = {"index": "index", "Δ ratio": "ratio"}     # the channel-order radio ->
 BIN_STATS = ("max", "mean")
 
 
+# the dashboard's height grows with the layers shown (three charts each): a few by default, spread
+# over the depth, and a cap, so that a 24-64 layer model opens as fast as the 2-layer one
+DEFAULT_LAYERS = 4
+MAX_LAYERS_SHOWN = 8
+
+
 def layer_choices() -> list:
     return common.layer_names(common.MODEL.config.n_layer)
+
+
+def default_layers() -> list:
+    """At most DEFAULT_LAYERS layer names, evenly spread from the first to the last (all of a small model)."""
+    names = layer_choices()
+    n = len(names)
+    if n <= DEFAULT_LAYERS:
+        return names
+    picks = sorted({round(i * (n - 1) / (DEFAULT_LAYERS - 1)) for i in range(DEFAULT_LAYERS)})
+    return [names[i] for i in picks]
 
 
 def first_text() -> str:
@@ -47,6 +63,9 @@ def view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat) -> dic
     picked = common.choices(layers, "layer", layer_choices())
     if not picked:
         raise ValueError("choose at least one layer to show")
+    if len(picked) > MAX_LAYERS_SHOWN:
+        raise ValueError(f"{len(picked)} layers chosen: show at most {MAX_LAYERS_SHOWN} at once (the dashboard "
+                         "draws three charts per layer)")
     return {"sort": SORTS[common.choice(channel_sort, "channel order", list(SORTS))],
             "max_bins": common.whole(max_bins, "time bins", 1, MAX_BINS_LIMIT),
             "t_from": common.whole(t_from, "window from t", optional=True),

@@ -62,7 +62,7 @@ class View:
 def default_view() -> View:
     g = ind.PRESETS["Paper setup (L=256)"]
     first, second = mechanism.default_pair()
-    return View(explore.first_text(), g, layers=tuple(explore.layer_choices()), checkpoint=first, compare=second)
+    return View(explore.first_text(), g, layers=tuple(explore.default_layers()), checkpoint=first, compare=second)
 
 
 # ---------------------------------------------------------------- sequences by hash
