@@ -13,6 +13,7 @@ call is handed to the torch backend (its hand-written backward), so results neve
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .scan_torch import selective_scan_torch
 # -fopenmp: at::parallel_for is an `omp parallel` region inlined from ATen's headers; without it
 # the loop runs on one thread (libgomp.so.1 resolves to the copy torch already loaded).
 # No -ffast-math: it may re-associate exp's two-constant range reduction; the SIMD loops are
-# marked `omp simd`, which is all the vectoriser needs.
+# marked `omp simd` (cpu_kernels.cpp) or written with vector types (ssd_cpu.cpp), which is all the
+# vectoriser needs.
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 # "portable" = the build a CPU without AVX-512 gets (tests run it on AVX-512 machines too)
 _VARIANT_FLAGS = {"native": [], "portable": ["-mno-avx512f"]}
@@ -34,7 +36,11 @@ class CppExtension:
     """One C++ source file, compiled on first use per variant ("native", "portable") with the flags
     above (torch.utils.cpp_extension: g++ and ninja; ~25 s once, then cached on disk under
     ~/.cache/torch_extensions), or the reason it could not be built. Shared by this file's kernels
-    and the Mamba-2 scan's (ssd_cpu.py)."""
+    and the Mamba-2 scan's (ssd_cpu.py).
+
+    The build's name carries a hash of the source and flags: torch rebuilds a cached extension
+    whose source text changed, so two checkouts of different versions sharing the cache (a CI copy,
+    another branch) otherwise rebuild it back and forth, and a process can load the other's build."""
 
     def __init__(self, name: str, source: Path, functions: list, what: str):
         self.name, self.source, self.functions, self.what = name, source, functions, what
@@ -47,9 +53,11 @@ class CppExtension:
             if variant not in self.built:
                 try:
                     from torch.utils.cpp_extension import load_inline
+                    src, flags = self.source.read_text(), _CFLAGS + _VARIANT_FLAGS[variant]
+                    tag = hashlib.sha256("\0".join([src, *flags, *self.functions]).encode()).hexdigest()[:12]
                     self.built[variant] = load_inline(
-                        f"{self.name}_{variant}", cpp_sources=self.source.read_text(), functions=self.functions,
-                        extra_cflags=_CFLAGS + _VARIANT_FLAGS[variant], extra_ldflags=["-fopenmp"], verbose=False)
+                        f"{self.name}_{variant}_{tag}", cpp_sources=src, functions=self.functions,
+                        extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
                 except Exception as e:  # noqa: BLE001  any build failure means: use the torch path
                     msg = str(e).strip()
                     self.built[variant] = f"{type(e).__name__}: {msg.splitlines()[-1] if msg else e}"

@@ -1,13 +1,16 @@
 """The compiled CPU forward of the Mamba-2 scan (ssd_cpu.cpp): the sequential recurrence, fused.
 
 Why: on a CPU the SSD's per-head scan is a rank-1 update of a [p, n] state with one scalar decay,
-~4 flops per state element per step and no exp in the inner loop; one pass over time keeps the
-state in cache and does l h p n of that work. The chunked algorithm (ssd_torch.py) trades it for
-matmuls of ~2 l h T (n + p) + 4 l h p n flops plus its [T, T] masks, and measured 2.5-9x slower
-than this on every shape of bench/ssd_scan.py (2-core AVX2 machine, 1 and 2 threads).
-Built like kernels/scan_cpu.py (same compiler flags; g++ and ninja; compiled on first use, then
-cached under ~/.cache/torch_extensions): where it cannot be built, `available()` is False and the
-default CPU backend stays "torch"; asking for backend="cpu" explicitly then fails with the reason.
+3 vector operations per state element per step and no exp in the inner loop; one pass over time
+keeps the state in cache and does l h p n of that work. The chunked algorithm (ssd_torch.py) trades
+it for matmuls of ~2 l h T (n + p) + 4 l h p n flops plus its [T, T] masks, and measured 4-120x
+slower than this on the shapes of bench/ssd_scan.py (2-core AVX2 machine, 1 thread).
+Everything per step is in the kernel: dt_bias, softplus and dt_limit (dt is read raw, as a strided
+slice of in_proj's output), D skip, the silu(z) gate and the per-head state norm.
+Built by scan_cpu.CppExtension (same compiler flags as the Mamba-1 kernels; g++ and ninja; compiled
+on first use, then cached under ~/.cache/torch_extensions): where it cannot be built, `available()`
+is False and the default CPU backend stays "torch"; asking for backend="cpu" explicitly then fails
+with the reason. variant="portable" is the build a CPU without AVX-512 gets (tests run it anywhere).
 
 Gradients and full states are not computed here: with grad enabled, or return_states=True, the call
 is handed to the torch backend, so results never depend on it.
