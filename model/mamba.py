@@ -262,8 +262,11 @@ class MambaLM(nn.Module):
 
     def forward_chunk(self, input_ids: Tensor, states: Optional[list] = None, *, num_last_tokens: int = 0,
                       spec: Optional[RecordSpec] = None, backend: Optional[str] = None,
-                      hooks: Optional[list] = None):
+                      hooks: Optional[list] = None, positions: Optional[Tensor] = None):
         """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states, records).
+
+        positions [B, K]: logits only at those steps, [B, K, V] (training on a few query steps at a
+        large vocabulary: MQAR's V = 8192 head costs more than the rest of the model at every step).
 
         `states` from the previous chunk (None = start of sequence). records is None without a
         spec; else one dict per layer (MambaMixer.forward), plus resid_post [B, l, d_model], the
@@ -285,7 +288,9 @@ class MambaLM(nn.Module):
                 records.append(rec)
         residual = hidden + residual if residual is not None else hidden
         hidden = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        if num_last_tokens > 0:
+        if positions is not None:
+            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))   # [B, K, d_model]
+        elif num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
         return self.lm_head(hidden), new_states, records
 
@@ -297,16 +302,22 @@ class MambaLM(nn.Module):
         return logits, states
 
     def forward(self, input_ids: Tensor, num_last_tokens: int = 0, backend: Optional[str] = None,
-                chunk_len: Optional[int] = None) -> Tensor:
-        """input_ids [B, L] -> logits [B, L, V] (or [B, num_last_tokens, V]).
+                chunk_len: Optional[int] = None, positions: Optional[Tensor] = None) -> Tensor:
+        """input_ids [B, L] -> logits [B, L, V] (or [B, num_last_tokens, V], or [B, K, V] at
+        `positions` [B, K]).
 
         Without gradients the sequence streams through model.run's chunk loop (chunk_len tokens
         at a time, default run.STREAM_CHUNK), carrying conv and SSM states, so memory grows with
         the chunk, not with L. With gradients: one pass (training backpropagates through it).
         """
         if torch.is_grad_enabled():
-            return self.forward_chunk(input_ids, num_last_tokens=num_last_tokens, backend=backend)[0]
-        return run(self, input_ids, num_last_tokens=num_last_tokens, backend=backend, chunk_len=chunk_len).logits
+            return self.forward_chunk(input_ids, num_last_tokens=num_last_tokens, backend=backend,
+                                      positions=positions)[0]
+        if positions is None:
+            return run(self, input_ids, num_last_tokens=num_last_tokens, backend=backend, chunk_len=chunk_len).logits
+        keep = input_ids.shape[1] - int(positions.min())
+        logits = run(self, input_ids, num_last_tokens=keep, backend=backend, chunk_len=chunk_len).logits
+        return logits.gather(1, (positions - (input_ids.shape[1] - keep))[..., None].expand(-1, -1, logits.shape[-1]))
 
     def trace(self, tokens, **kwargs):
         """Record every layer's activations for one sequence; see model.trace.trace."""

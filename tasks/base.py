@@ -75,11 +75,14 @@ class Positions:
     targets:  the expected next token at each query, aligned with `queries`; None where the
               sequence asks but holds no answer (induction heads: S at the end, no S M before)
     markers:  cue steps that are neither (induction heads: the triggers S before the query)
+    sources:  the write step each query recalls, aligned with `queries` (None where it recalls no
+              write); empty when the task does not say (plain text)
     """
     writes: tuple = ()
     queries: tuple = ()
     targets: tuple = ()
     markers: tuple = ()
+    sources: tuple = ()
 
     @property
     def first_write(self) -> Optional[int]:

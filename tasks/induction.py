@@ -91,7 +91,7 @@ def positions(tokens: np.ndarray) -> Positions:
     if L >= 1 and tokens[-1] == TRIGGER:
         target = int(tokens[trig[0] + 1]) if trig else None
         return Positions(writes=tuple(p + 1 for p in trig), queries=(L - 1,), targets=(target,),
-                         markers=tuple(trig))
+                         markers=tuple(trig), sources=(trig[0] + 1 if trig else None,))
     return Positions(writes=tuple(p + 1 for p in trig), markers=tuple(trig))
 
 

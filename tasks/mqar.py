@@ -80,7 +80,8 @@ def positions(tokens: np.ndarray, vocab: int = V_DEFAULT) -> Positions:
     queries = [int(t) for t in range(ctx, L) if k0 <= tokens[t] < k1]
     return Positions(writes=tuple(p for p, _ in table.values()), markers=tuple(p - 1 for p, _ in table.values()),
                      queries=tuple(queries),
-                     targets=tuple(table[int(tokens[q])][1] if int(tokens[q]) in table else None for q in queries))
+                     targets=tuple(table[int(tokens[q])][1] if int(tokens[q]) in table else None for q in queries),
+                     sources=tuple(table[int(tokens[q])][0] if int(tokens[q]) in table else None for q in queries))
 
 
 # ---------------------------------------------------------------- edits
@@ -148,8 +149,16 @@ class MQAR(Task):
     def positions(self, tokens) -> Positions:
         return positions(tokens)
 
-    def batch(self, n: int, length: int, seed: int = 0, n_pairs: int = 16, **options) -> MQARBatch:
-        return mqar_batch(n, length, n_pairs, seed=seed, **options)
+    def batch(self, n: int, length: int, seed: int = 0, n_pairs=16, **options) -> MQARBatch:
+        """n_pairs: D, or a list of D values, one drawn uniformly per batch (a mixture, as Zoology
+        trains on several settings at once)."""
+        if not isinstance(n_pairs, (int, np.integer)):
+            choices = [int(d) for d in n_pairs]
+            if not choices:
+                raise ValueError("n_pairs is an empty list")
+            g = options.pop("rng", None) or np.random.default_rng(seed)
+            return mqar_batch(n, length, int(g.choice(choices)), rng=g, **options)
+        return mqar_batch(n, length, int(n_pairs), seed=seed, **options)
 
     def realize(self, g: Generator) -> np.ndarray:
         return realize(g)

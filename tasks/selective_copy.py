@@ -62,7 +62,8 @@ def positions(tokens: np.ndarray) -> Positions:
     writes = tuple(int(p) for p in np.flatnonzero(tokens[:ctx_end] < DATA_VOCAB))
     data = [int(tokens[p]) for p in writes]
     targets = tuple(data[j] if j < len(data) else None for j in range(marks.size))
-    return Positions(writes=writes, queries=tuple(int(m) for m in marks), targets=targets)
+    return Positions(writes=writes, queries=tuple(int(m) for m in marks), targets=targets,
+                     sources=tuple(writes[j] if j < len(writes) else None for j in range(marks.size)))
 
 
 # ---------------------------------------------------------------- edits

@@ -112,10 +112,10 @@ class Oracle(torch.nn.Module):
     """Answers by looking the memory token up in the input: a perfect score, from the real loop."""
     device = torch.device("cpu")
 
-    def forward(self, tokens, num_last_tokens=0):
+    def forward(self, tokens, positions):
         pos = (tokens[:, :-1] == 16).float().argmax(1)               # first trigger
         mem = tokens.gather(1, (pos + 1)[:, None])[:, 0]
-        return torch.nn.functional.one_hot(mem, 17).float()[:, None, :]
+        return torch.nn.functional.one_hot(mem, 17).float()[:, None, :].expand(-1, positions.shape[1], -1)
 
 
 def test_evaluate_counts_right_and_wrong():
@@ -164,6 +164,20 @@ def test_training_and_eval_on_multi_query_tasks(tmp_path, task, options, length,
     k = 16 if task == "selective_copying" else 2
     assert r.samples == 5 and r.queries == 5 * k and 0 <= r.correct <= r.queries
     assert markdown_table([r]).splitlines()[0] == "| L | log2 L | samples | queries | correct | accuracy |"
+
+
+def test_options_schedule_changes_the_training_batches_not_the_target(tmp_path):
+    cfg = TrainConfig(task="selective_copying", options_schedule='{"0": {"k": 2}, "2": {"k": 4}}', seed=1, steps=3,
+                      batch=2, train_len=12, eval_every=3, val="12:2", stop_after=100, out=str(tmp_path), threads=1,
+                      d_model=16)
+    assert [cfg.options_at(s)["k"] for s in range(4)] == [2, 2, 4, 4] and cfg.options() == {"k": 4}
+    train(cfg, progress=False)
+    lm = load_checkpoint(tmp_path / "model.safetensors")
+    assert lm.task["options"] == {"k": 4} and lm.task["options_schedule"] == cfg.options_schedule
+    with pytest.raises(ValueError, match="first step must be 0"):
+        TrainConfig(options_schedule='{"5": {"k": 2}}')
+    with pytest.raises(ValueError, match="keys must be steps"):
+        TrainConfig(options_schedule='{"soon": {"k": 2}}')
 
 
 def test_bad_training_flags_are_named():

@@ -97,6 +97,16 @@ def test_reference_and_torch_backends_agree(lm):
         assert (lm(tokens, backend="reference") - lm(tokens, backend="torch")).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_logits_at_positions_are_the_full_logits_there(lm, grad):
+    tokens = torch.randint(0, 16, (3, 21))
+    pos = torch.tensor([[4, 20], [0, 7], [13, 13]])                       # [B, K], repeats allowed
+    with torch.set_grad_enabled(grad):
+        full, picked = lm(tokens), lm(tokens, positions=pos)              # [B, L, V], [B, K, V]
+    want = full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1]))
+    assert picked.shape == (3, 2, full.shape[-1]) and torch.allclose(picked, want, atol=1e-5)
+
+
 def test_training_gradients_flow(lm):
     m = MambaLM(MambaConfig())
     tokens = torch.randint(0, 17, (2, 64))

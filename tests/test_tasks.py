@@ -108,7 +108,7 @@ def test_parse_refuses_non_text():
 def test_positions():
     pos = INDUCTION.positions(np.array([1, 16, 5, 2, 16, 9, 3, 16]))
     assert (pos.queries, pos.markers, pos.writes, pos.targets) == ((7,), (1, 4), (2, 5), (5,))
-    assert pos.scored == [(7, 5)]
+    assert pos.scored == [(7, 5)] and pos.sources == (2,)
     none = INDUCTION.positions(np.array([1, 2, 3]))
     assert none.queries == () and none.scored == []
     lonely = INDUCTION.positions(np.array([1, 2, 16]))        # a query with nothing to recall
@@ -223,7 +223,7 @@ def test_selective_copy_format(n_ctx, k):
     assert np.array_equal(b.answers, b.data) and (b.queries == np.arange(n_ctx, n_ctx + k)).all()
     p = SELECTIVE_COPYING.positions(t[0])
     assert p.scored == list(zip(b.queries[0].tolist(), b.data[0].tolist()))
-    assert p.writes == tuple(b.data_pos[0].tolist())
+    assert p.writes == tuple(b.data_pos[0].tolist()) == p.sources             # the j-th marker recalls the j-th write
 
 
 def test_selective_copy_text_edits_and_presets():
@@ -232,6 +232,7 @@ def test_selective_copy_text_edits_and_presets():
     moved = sc.move_data_token(t, 0, 4)                    # 3 moves after 9: the copy's order changes
     assert moved.tolist() == [16, 16, 16, 9, 3, 17, 17]
     assert SELECTIVE_COPYING.positions(moved).scored == [(5, 9), (6, 3)]
+    assert SELECTIVE_COPYING.positions(moved).sources == (3, 4)
     assert sc.set_data_token(t, 1, 7).tolist() == [16, 3, 16, 7, 16, 17, 17]
     with pytest.raises(TokenError, match="holds data token 9"):
         sc.move_data_token(t, 0, 3)
@@ -266,6 +267,8 @@ def test_mqar_format(L, D):
     p = MQAR_TASK.positions(t[0])
     assert p.scored == list(zip(b.queries[0].tolist(), b.answers[0].tolist()))
     assert p.writes == tuple(range(1, 2 * D, 2)) and p.markers == tuple(range(0, 2 * D, 2))
+    key_step = {int(k): 2 * i for i, k in enumerate(b.keys[0])}                 # each query recalls its key's value
+    assert p.sources == tuple(key_step[int(t[0, q])] + 1 for q in b.queries[0])
 
 
 def test_mqar_edits_and_errors():
@@ -273,6 +276,7 @@ def test_mqar_edits_and_errors():
     assert MQAR_TASK.positions(t).scored == [(6, 4200), (8, 4100)]
     assert MQAR_TASK.positions(mq.set_value(t, 7, 5000)).scored == [(6, 5000), (8, 4100)]
     assert MQAR_TASK.positions(mq.repeat_key(t, 5, 9)).scored == [(6, 4200), (8, 4100), (9, 4100)]
+    assert MQAR_TASK.positions(mq.repeat_key(t, 5, 9)).sources == (3, 1, 1)
     with pytest.raises(TokenError, match="key 9 is not among"):
         mq.set_value(t, 9, 5000)
     with pytest.raises(TokenError, match="value 12 is out of the value range"):
@@ -284,5 +288,10 @@ def test_mqar_edits_and_errors():
     with pytest.raises(TokenError, match="token id 8192 is out of range 0..8191"):
         MQAR_TASK.parse("1 8192")
     assert set(TASKS) == {"induction_heads", "selective_copying", "mqar"}
+    g = np.random.default_rng(0)
+    drawn = {MQAR_TASK.batch(2, 24, n_pairs=[1, 2, 4], rng=g).keys.shape[1] for _ in range(40)}
+    assert drawn == {1, 2, 4}                                               # a mixture: one D per batch
+    with pytest.raises(ValueError, match="empty list"):
+        MQAR_TASK.batch(2, 24, n_pairs=[])
     for g in MQAR_TASK.presets.values():
         assert len(MQAR_TASK.positions(MQAR_TASK.realize(g)).scored) == g.n_pairs

@@ -49,13 +49,9 @@ class LengthResult:
 
 
 def query_logits(lm, tokens: torch.Tensor, queries: torch.Tensor, forward=None) -> torch.Tensor:
-    """Logits at the query steps: tokens [B, L], queries [B, K] -> [B, K, V]. Only the last
-    L - min(queries) positions go through the head (induction heads: one)."""
-    L = tokens.shape[1]
-    keep = L - int(queries.min())
-    logits = (forward or lm)(tokens, num_last_tokens=keep)                 # [B, keep, V]
-    idx = (queries - (L - keep))[..., None].expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, idx)
+    """Logits at the query steps: tokens [B, L], queries [B, K] -> [B, K, V]; only those steps go
+    through the head."""
+    return (forward or lm)(tokens, positions=queries)
 
 
 def task_batch(task, n: int, length: int, rng: np.random.Generator, options: Optional[dict] = None):

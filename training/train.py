@@ -72,6 +72,10 @@ class TrainConfig:
     train_len: int = 256          # L in training (paper: 2^8)
     # curriculum "step:len,step:len" (first must be 0:...); empty = train_len throughout
     schedule: str = ""
+    # task-option curriculum as JSON {"step": {options}, ...} (first key "0"), merged over task_options
+    # from that step on, e.g. '{"0": {"k": 4}, "2000": {"k": 16}}' for selective copying; validation and
+    # the checkpoint use task_options + the last entry (what the model is trained for)
+    options_schedule: str = ""
     dilation_max: float = 1.0     # decay dilation k ~ logU[1, dilation_max] per step; 1 = off
     # first step with dilation; -1 = from the first validation at 100% on every validation length
     # <= the training length (the task is learned; the stop-after count then restarts there)
@@ -101,6 +105,7 @@ class TrainConfig:
         if self.dilation_max < 1:
             raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
         self.length_schedule()
+        self.options_at(0)
         self.val_sets()
         self.model_config()
         self.options()
@@ -112,7 +117,25 @@ class TrainConfig:
         return TASKS[self.task]
 
     def options(self) -> dict:
-        return _json_object("task_options", self.task_options)
+        """The task options the model is trained for (validation, checkpoint): the schedule's last."""
+        steps = self._options_steps()
+        return {**_json_object("task_options", self.task_options), **(steps[-1][1] if steps else {})}
+
+    def _options_steps(self) -> list[tuple[int, dict]]:
+        raw = _json_object("options_schedule", self.options_schedule)
+        try:
+            items = sorted((int(k), v) for k, v in raw.items())
+        except ValueError:
+            raise ValueError(f"options_schedule keys must be steps, got {list(raw)}") from None
+        if items and (items[0][0] != 0 or not all(isinstance(v, dict) for _, v in items)):
+            raise ValueError(f"options_schedule {self.options_schedule!r}: the first step must be 0 and "
+                             "each value an object")
+        return items
+
+    def options_at(self, step: int) -> dict:
+        """The task options of the training batches at `step`."""
+        picked = [v for s, v in self._options_steps() if s <= step]
+        return {**_json_object("task_options", self.task_options), **(picked[-1] if picked else {})}
 
     def model_config(self) -> MambaConfig:
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.the_task.vocab_size,
@@ -283,7 +306,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         task = cfg.the_task.metadata(
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, schedule=cfg.schedule,
-            dilation_max=cfg.dilation_max, dilation_from_step=state["dilation_start"],
+            options_schedule=cfg.options_schedule, dilation_max=cfg.dilation_max,
+            dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
             validation=val, options=cfg.options())
         save_checkpoint(lm, model_path, task=task)
@@ -297,7 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         L = cfg.length_at(step)
         if L not in state["lengths_seen"]:
             state["lengths_seen"].append(L)
-        b = task_batch(cfg.the_task, cfg.batch, L, gen, cfg.options())
+        b = task_batch(cfg.the_task, cfg.batch, L, gen, cfg.options_at(step))
         k = 1.0
         if cfg.dilation_max > 1 and state["dilation_start"] is not None and step >= state["dilation_start"]:
             k = float(np.exp(gen.random() * math.log(cfg.dilation_max)))

@@ -13,11 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
-from . import mechanism
+from . import mechanism, memory
 
 CHARTS = {f.__name__: f for f in (mechanism.delta_ratio_chart, mechanism.probe_accuracy_chart,
                                   mechanism.state_evolution_chart, mechanism.hidden_attention_chart,
-                                  mechanism.horizon_chart, mechanism.intervention_chart)}
+                                  mechanism.horizon_chart, mechanism.intervention_chart,
+                                  memory.retention_chart, memory.holders_chart, memory.clamp_chart,
+                                  memory.capacity_chart)}
 SCALE = 1.5      # PNG pixels per CSS pixel (the report's figures since the first one)
 
 

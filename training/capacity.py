@@ -1,0 +1,113 @@
+"""MQAR capacity, measured: accuracy as a function of the number of key-value pairs D for models
+that differ only in their state size N (d_state), at one sequence length.
+
+    python -m training.capacity                                # the defaults below (~40-60 min, 2 cores)
+    python -m training.capacity --d-states 4,16 --steps 300    # a quick look
+    python -m viz.figures docs/capacity/figures.json           # the plot (make capacity runs both)
+
+One model per N: 2 layers, d_model 64 (Mamba-1), trained on a mixture of every D in --pairs (one
+D per batch, drawn uniformly; Zoology trains on several settings at once), the same seed, data
+and steps for each N. Each is then scored on fresh sequences at every D. Writes
+docs/capacity/results.json, docs/capacity/figures.json (for viz.figures) and docs/capacity.md.
+A Mamba-1 layer's state is d_inner x N numbers; if recall breaks where the pairs outgrow the
+state, the break moves right as N doubles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from model import load_checkpoint
+
+from .eval import count_correct
+from .train import VAL_SEED, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ints(text: str, flag: str) -> list:
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} must be comma-separated whole numbers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise SystemExit(f"{flag} needs at least one number >= 1, got {text!r}")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--d-states", default="4,8,16,32", help="state sizes N, one model each")
+    ap.add_argument("--pairs", default="2,4,8,16,32", help="D values: trained on as a mixture, scored one by one")
+    ap.add_argument("--length", type=int, default=128, help="sequence length L (needs 3*max(D) <= L)")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--samples", type=int, default=64, help="sequences scored per D")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", default="runs/capacity", help="where the models train (one folder per N)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "capacity"), help="results.json and figures.json here")
+    a = ap.parse_args(argv)
+    states, pairs = ints(a.d_states, "--d-states"), ints(a.pairs, "--pairs")
+    if 3 * max(pairs) > a.length:
+        raise SystemExit(f"--pairs {max(pairs)} does not fit in --length {a.length} (MQAR needs 3*D <= L)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for N in states:
+        cfg = TrainConfig(task="mqar", task_options=json.dumps({"n_pairs": pairs}), seed=a.seed, steps=a.steps,
+                          batch=a.batch, lr=a.lr, train_len=a.length, eval_every=a.steps, val=f"{a.length}:8",
+                          stop_after=10 ** 9, out=str(Path(a.runs) / f"N{N}"), threads=a.threads,
+                          ssm_cfg=json.dumps({"d_state": N}), d_model=a.d_model, n_layer=2)
+        t0 = time.time()
+        train(replace(cfg), progress=False)
+        minutes = (time.time() - t0) / 60
+        lm = load_checkpoint(Path(cfg.out) / "model.safetensors").eval()
+        state = lm.config.d_inner * N
+        for D in pairs:
+            right, total = count_correct(lm, a.length, a.samples, VAL_SEED + D, task=cfg.the_task,
+                                         options={"n_pairs": D})
+            rows.append({"d_state": N, "state_per_layer": state, "pairs": D, "accuracy": right / total,
+                         "queries": total, "train_minutes": round(minutes, 1)})
+            print(f"N={N:3d} (state {state} per layer)  D={D:3d}: {right / total:.3f} of {total} queries")
+    settings = {k: v for k, v in vars(a).items() if k not in ("runs", "out")}
+    (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    figure = {"capacity": {"chart": "capacity_chart", "file": "capacity.png", "kwargs": {
+        "pairs": [r["pairs"] for r in rows], "accuracy": [r["accuracy"] for r in rows],
+        "size": [f"d_state {r['d_state']} ({r['state_per_layer']} per layer)" for r in rows],
+        "title": f"MQAR at L={a.length}: accuracy vs pairs, 2-layer Mamba d_model {a.d_model}, {a.steps} steps"}}}
+    (out / "figures.json").write_text(json.dumps(figure) + "\n")
+    (out.parent / "capacity.md").write_text(report(settings, rows))
+    print(f"wrote {out}/results.json, figures.json and {out.parent}/capacity.md")
+
+
+def report(settings: dict, rows: list) -> str:
+    states = sorted({r["d_state"] for r in rows})
+    pairs = sorted({r["pairs"] for r in rows})
+    acc = {(r["d_state"], r["pairs"]): r["accuracy"] for r in rows}
+    lines = ["# MQAR capacity: accuracy vs key-value pairs, by state size", "",
+             f"Generated by `python -m training.capacity` ({', '.join(f'{k}={v}' for k, v in settings.items())}); "
+             "the plot by `python -m viz.figures docs/capacity/figures.json`. V = 8192 (keys 1..4095, values "
+             "4096..8191); every model trained on the mixture of D values below, then scored per D on fresh "
+             "sequences.", "", "![capacity](capacity/capacity.png)", "",
+             "| d_state N | state per layer | " + " | ".join(f"D={d}" for d in pairs) + " |",
+             "|---|---|" + "---|" * len(pairs)]
+    for N in states:
+        per = next(r["state_per_layer"] for r in rows if r["d_state"] == N)
+        lines.append(f"| {N} | {per} | " + " | ".join(f"{acc[N, d]:.1%}" for d in pairs) + " |")
+    breaks = []
+    for N in states:
+        ok = [d for d in pairs if acc[N, d] >= 0.9]
+        breaks.append(f"N={N}: {'none' if not ok else 'up to D=' + str(max(ok))} at >= 90%")
+    lines += ["", "Largest D recalled at >= 90%: " + "; ".join(breaks) + ".", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
