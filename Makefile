@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
 
-.PHONY: app test test-fast bench browser mechanism clean
+.PHONY: app test test-fast bench browser mechanism memory capacity clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ MECHANISM_FLAGS ?= --long-seqs 4 --long-max-log2 20 --freeze-log2 13 --interv-se
 mechanism: $(VENV)/.installed
 	$(VENV)/bin/python -m analysis.mechanism $(MECHANISM_FLAGS)
 	$(VENV)/bin/python -m viz.figures docs/mechanism/figures.json
+
+# docs/memory/<task>.md and figures: the memory lab's report on each many-memory checkpoint
+MEMORY_CHECKPOINTS ?= checkpoints/selective-copy-2layer.safetensors checkpoints/mqar-2layer.safetensors
+memory: $(VENV)/.installed
+	for c in $(MEMORY_CHECKPOINTS); do $(VENV)/bin/python -m analysis.memory_report $$c || exit 1; done
+	for f in docs/memory/*/figures.json; do $(VENV)/bin/python -m viz.figures $$f || exit 1; done
+
+# docs/capacity.md and its plot: MQAR accuracy vs pairs for d_state 4..32 (one training per size)
+CAPACITY_FLAGS ?=
+capacity: $(VENV)/.installed
+	$(VENV)/bin/python -m training.capacity $(CAPACITY_FLAGS)
+	$(VENV)/bin/python -m viz.figures docs/capacity/figures.json
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache

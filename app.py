@@ -23,7 +23,7 @@ import gradio as gr
 
 from tasks import MAX_LEN
 from tasks import induction as ind
-from ui import common, explore, export, figure, lens, limits, mechanism, patching, permalink, storage
+from ui import common, explore, export, figure, lens, limits, mechanism, memory, patching, permalink, storage
 from viz import charts, tables
 from viz.frames import MAX_BINS_DEFAULT, MAX_BINS_LIMIT
 
@@ -64,6 +64,13 @@ def build_ui() -> gr.Blocks:
     first = ind.PRESETS["Paper setup (L=256)"]
     cfg = common.MODEL.config                  # the loaded model's sizes (the default config without one)
     layer_names = common.layer_names(cfg.n_layer)
+    task_ui = common.MODEL.lm is None or not common.is_plain_lm()     # a plain LM: no task controls
+    induction_ui = task_ui and common.MODEL.task.name == ind.NAME     # the induction generator and edits
+    mech_parts = mechanism.task_parts()
+    vocab = common.MODEL.task.vocab_size
+    text_label = ("Tokens (0–15, S = trigger 16; spaces or commas)" if task_ui else
+                  f"Text (tokenised by the model's tokenizer.json; at most {common.length_cap():,} tokens)"
+                  if common.MODEL.task.name == "text" else f"Token ids 0..{vocab - 1} (spaces or commas)")
     with gr.Blocks(title="mambascope", delete_cache=(storage.MAX_AGE_S, storage.MAX_AGE_S)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(common.MODEL.status, elem_id="model-status")
@@ -79,13 +86,14 @@ def build_ui() -> gr.Blocks:
                 # dashboard ~880 px for its ~1,030 (the Δ-ratio column was cut off)
                 with gr.Row():
                     with gr.Column(scale=3):
-                        text = gr.Textbox(label="Tokens (0–15, S = trigger 16; spaces or commas)", lines=6,
+                        text = gr.Textbox(label=text_label, lines=6,
                                           max_lines=12, elem_id="tokens", value=explore.first_text())
                     with gr.Column(scale=2, min_width=320):
                         run = gr.Button("Run", variant="primary", elem_id="run")
-                        preset = gr.Dropdown(list(ind.PRESETS), value=None, label="Presets", elem_id="preset")
+                        preset = gr.Dropdown(explore.preset_names() if task_ui else list(ind.PRESETS), value=None,
+                                             label="Presets", elem_id="preset", visible=task_ui)
                         preset_note = gr.Markdown()
-                        with gr.Accordion("Generate", open=False):
+                        with gr.Accordion("Generate", open=False, visible=induction_ui, elem_id="generate-box"):
                             length = gr.Number(first.length, label=f"length (3..{MAX_LEN})", precision=0)
                             trig = gr.Number(-1, label="trigger position (-1 = random)", precision=0)
                             mem = gr.Number(-1, label="memory token (-1 = random)", precision=0)
@@ -95,7 +103,7 @@ def build_ui() -> gr.Blocks:
                             every = gr.Number(0, label="also plant M in the filler every k steps (0 = off)",
                                               precision=0)
                             gen = gr.Button("Generate", elem_id="generate")
-                        with gr.Accordion("Quick edits", open=True):
+                        with gr.Accordion("Quick edits", open=True, visible=induction_ui, elem_id="quick-edits"):
                             with gr.Row():
                                 new_mem = gr.Number(0, label="memory token (0..15)", precision=0)
                                 set_mem = gr.Button("Set M", elem_id="set-memory")
@@ -146,6 +154,7 @@ def build_ui() -> gr.Blocks:
                             "this app was started with): the prediction at the query and the Δ ratio (max Δ over "
                             "the write window / median Δ over the filler after it) side by side, the hidden "
                             "attention α̃ of a layer, and interventions.")
+                gr.Markdown(mech_parts["note"], visible=bool(mech_parts["note"]), elem_id="mech-lm-note")
                 with gr.Row():
                     ck_a = gr.Dropdown(ck_names, value=ck_first, label="checkpoint", allow_custom_value=True,
                                        elem_id="mech-checkpoint")
@@ -170,11 +179,10 @@ def build_ui() -> gr.Blocks:
                                            value=mechanism.compare.INTERVENTIONS[0], label="type")
                         iv_layer = gr.Dropdown(layer_names, value=layer_names[-1], allow_custom_value=True,
                                                label="layer")
-                        iv_ch = gr.Textbox(mechanism.MEMORY_CHANNELS,
-                                           label=f"channels ('3, 7, 88' or '{mechanism.MEMORY_CHANNELS}')")
+                        iv_ch = gr.Textbox(mech_parts["channels"], label=mech_parts["channels_label"],
+                                           elem_id="mech-channels")
                     with gr.Row():
-                        iv_t = gr.Number(None, label="timestep t (empty = the write position, M after S)",
-                                         precision=0)
+                        iv_t = gr.Number(None, label=mech_parts["t_label"], precision=0, elem_id="mech-t")
                         iv_until = gr.Number(None, label="until t (exclusive; empty = t + 1)", precision=0)
                         iv_value = gr.Number(0.0, label="clamp Δ to (0..1000)")
                         iv_btn = gr.Button("Run intervention", elem_id="mech-run-intervention")
@@ -206,6 +214,33 @@ def build_ui() -> gr.Blocks:
                 p_md = gr.Markdown(elem_id="patching-summary")
                 p_heat = gr.Plot(show_label=False, elem_id="patching-heatmap")
                 p_diff = gr.Plot(show_label=False, elem_id="patching-differences")
+
+            with gr.Tab("Memories", id="memories", visible=task_ui) as tab_memories:
+                gr.Markdown("The **Explore** tab's sequence as many memories (selective copying's data tokens, "
+                            "MQAR's values, induction heads' M): given Δ the scan is linear, so each write's exact "
+                            "part of a layer's state is known at every step. When is each memory written, how much "
+                            "of it is left when it is recalled, which channels (heads) hold it, and what does "
+                            "clamping one write's Δ to 0 cost each memory?")
+                with gr.Row():
+                    mm_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="layer", elem_id="memory-layer")
+                    mm_view = gr.Radio(list(memory.UNIT_VIEWS), value=list(memory.UNIT_VIEWS)[0],
+                                       label="per unit at the recall", elem_id="memory-view")
+                    mm_btn = gr.Button("Show the memories", variant="primary", elem_id="run-memories")
+                mm_md = gr.Markdown(elem_id="memory-summary")
+                mm_ret = gr.Plot(show_label=False, elem_id="memory-retention")
+                mm_hold = gr.Plot(show_label=False, elem_id="memory-holders")
+                with gr.Row():
+                    mm_win = gr.Number(1, label=f"clamp window (steps from the write, 1..{4 * cfg.d_conv})",
+                                       precision=0, elem_id="clamp-window")
+                    mm_clamp = gr.Button("Clamp each write in turn", elem_id="run-clamp")
+                mm_cmd = gr.Markdown(elem_id="clamp-summary")
+                mm_cplot = gr.Plot(show_label=False, elem_id="clamp-chart")
+                with gr.Row(visible=bool(memory.edit_kinds())):
+                    ed_kind = gr.Dropdown(memory.edit_kinds(), value=(memory.edit_kinds() or [None])[0],
+                                          label="edit the sequence", elem_id="task-edit")
+                    ed_a = gr.Number(1, label="a", precision=0)
+                    ed_b = gr.Number(0, label="b", precision=0)
+                    ed_btn = gr.Button("Apply the edit", elem_id="apply-edit")
 
             with gr.Tab("Logit lens", id="lens") as tab_lens:
                 gr.Markdown("The **Explore** tab's sequence on the app's model: the residual stream after each "
@@ -248,7 +283,7 @@ def build_ui() -> gr.Blocks:
         query_box = gr.Textbox(visible=False)
         wire(query_box.submit, permalink.open_link, query_box, link_outputs, "open_link", light)
         for tab, name in ((tab_explore, "explore"), (tab_mechanism, "mechanism"), (tab_patching, "patching"),
-                          (tab_lens, "lens")):
+                          (tab_memories, "memories"), (tab_lens, "lens")):
             tab.select(None, None, tab_box, js=f"() => {name!r}")
         wire(b_fig.click, figure.export_figure,
              [fig_of, fig_fmt, fig_dpi, text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b,
@@ -258,6 +293,10 @@ def build_ui() -> gr.Blocks:
         wire(c_pos_btn.click, patching.corrupt_trigger, [text, c_pos], corrupted, "corrupt_trigger", light)
         wire(p_btn.click, patching.run_patching, [text, corrupted, p_kind], [p_md, p_diff, p_heat], "patching")
         wire(lens_btn.click, lens.show_lens, [text, top_k], [lens_md, lens_plot], "logit_lens")
+        wire(mm_btn.click, memory.show_memories, [text, mm_layer, mm_view], [mm_md, mm_ret, mm_hold], "memories")
+        wire(mm_clamp.click, memory.show_clamp, [text, mm_layer, mm_win], [mm_cmd, mm_cplot], "clamp_writes")
+        wire(wire(ed_btn.click, memory.apply_edit, [text, ed_kind, ed_a, ed_b], text, "task_edit", light).success,
+             explore.show_plot, view_in, view_out)
         wire(cmp_btn.click, mechanism.compare_checkpoints, [text, ck_a, ck_b], [cmp_md, cmp_a, cmp_b], "compare")
         wire(att_btn.click, mechanism.show_attention, [text, ck_a, att_layer, att_ch], att_plot, "hidden_attention")
         wire(iv_btn.click, mechanism.intervene, [text, ck_a, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value],

@@ -95,6 +95,8 @@ def prediction(tr) -> QueryPrediction:
     """The prediction at the last position (the query) of a Trace."""
     pos = task_of(tr).positions(tr.tokens)
     m = None if pos.first_write is None else int(tr.tokens[pos.first_write])
+    if tr.probs is None:          # a 50k-vocabulary trace keeps the top-k only; a plain LM writes no M
+        return QueryPrediction(int(tr.top_k_ids[-1, 0]), float(tr.top_k_probs[-1, 0]), None, None, None)
     last = tr.probs[-1]                                               # [V]
     top = int(np.argmax(last))
     return QueryPrediction(top, float(last[top]), m, None if m is None else float(last[m]),

@@ -10,7 +10,9 @@ weights for both. Each time is the best of --repeats after one warm-up, in this 
 by side, so ratios hold on a shared machine better than absolute times.
     floor     the model's nn.Linear layers alone (in_proj, x_proj, dt_proj, out_proj and the
               lm_head) applied to inputs of their real shapes: what no scan kernel can go below
-    trace     lm.trace(include=(delta, state_norm)): every layer's Δ and state norms, probabilities
+    trace     lm.trace(include=(delta, state_norm)): every layer's Δ and state norms, the top-10 and
+              p(next) per step (model/trace.py's default at a 50k vocabulary)
+    trace_full  the same with full_probs=True: logits and probs [L, V] kept too
 """
 from __future__ import annotations
 
@@ -66,6 +68,11 @@ def bench(name: str, L: int, repeats: int) -> dict:
     row = {"model": name, "L": L, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
     row["ours_s"] = best_of(lambda: lm(tokens), repeats)
     row["trace_s"] = best_of(lambda: lm.trace(tokens[0], include=("delta", "state_norm")), repeats)
+    row["trace_full_s"] = best_of(lambda: lm.trace(tokens[0], include=("delta", "state_norm"), full_probs=True),
+                                  repeats)
+    for key, full in (("trace_mb", False), ("trace_full_mb", True)):
+        tr = lm.trace(tokens[0], include=("delta", "state_norm"), full_probs=full)
+        row[key] = sum(a.nbytes for a in tr.to_tensors().values()) / 2**20
     row["floor_s"] = linear_floor(lm, L, repeats)
     row["hf_s"] = best_of(lambda: hf(tokens, use_cache=False), max(1, repeats // 2))
     row["ours_vs_hf"] = row["hf_s"] / row["ours_s"]
@@ -84,10 +91,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
     rows = [bench(m, args.length, args.repeats) for m in args.models.split(",") if m]
-    print("| model | L | ours forward | trace (Δ, norms) | matmul floor | HF | ours vs HF | ours / floor | trace / forward | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | L | ours forward | trace (Δ, norms, top-k) | trace, full probs | trace MB top-k / full | "
+          "matmul floor | HF | ours vs HF | ours / floor | trace / forward | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} 130m | {r['L']} | {r['ours_s'] * 1e3:.0f} ms | {r['trace_s'] * 1e3:.0f} ms | "
+              f"{r['trace_full_s'] * 1e3:.0f} ms | {r['trace_mb']:.1f} / {r['trace_full_mb']:.1f} | "
               f"{r['floor_s'] * 1e3:.0f} ms | {r['hf_s'] * 1e3:.0f} ms | {r['ours_vs_hf']:.1f}x | "
               f"{r['ours_vs_floor']:.2f}x | {r['trace_vs_forward']:.2f}x | {r['load_avg']:.1f} |")
     if args.json:

@@ -22,7 +22,15 @@ Mamba-2 (U = H heads of P channels; Δ, A and the decay are one scalar per head 
     ssm_output  [L, D]         [L, D]           y + D x, before the silu(z) gate    hook_ssm_output
     resid_post  [L, d_model]   [L, d_model]     residual stream after block i       hook_resid_post
     states      [L, D, N]      [L, H, P, N]     h_t, only when asked, under a cap   hook_h
-and for the model: logits, probs [L, V] (hook_logits, hook_probs), tokens [L].
+and for the model, tokens [L] and the next-token distribution at every step:
+    logits, probs   [L, V]    the full distribution (hook_logits, hook_probs): only when kept
+                              (full_probs; by default when V <= FULL_PROBS_MAX_VOCAB), else None
+    top_k_ids       [L, k]    the k most probable next tokens, most probable first (hook_top_k_ids)
+    top_k_probs     [L, k]    their probabilities (hook_top_k_probs)
+    p_next          [L]       p(the actual next token tokens[t+1]); NaN at the last step (hook_p_next)
+    logp_next       [L]       its log-probability, -loss per token; NaN at the last step (hook_logp_next)
+At a 50k vocabulary the full distribution is what makes a trace large (L=512: 2 x 100 MB), and the
+views of a language model need only the top-k and p(next); a task model (17 tokens) keeps it all.
 In the safetensors file the keys are MambaLens / TransformerLens hook names: blocks.{i}.hook_delta.
 (TransformerLens's Mamba-2 bridge hooks module boundaries only -- mixer.hook_in_proj, hook_conv,
 hook_inner_norm, hook_ssm_out -- and names none of these quantities, so MambaLens's names are
@@ -49,6 +57,12 @@ from .safetensors_io import write_safetensors
 
 TRACE_FORMAT = "mambascope-trace/1"
 DEFAULT_MAX_STATE_ELEMS = 1 << 24   # full states: 64 MiB of fp32 over all layers unless raised
+FULL_PROBS_MAX_VOCAB = 1024         # up to this vocabulary the full [L, V] distribution is kept by default
+TOP_K_DEFAULT = 10                  # next-token candidates kept per step
+HEAD_ROWS = 1024                    # softmax / top-k over this many steps at a time: no [L, V] float64
+# model-level arrays -> hook names (the full distribution's two may be absent)
+MODEL_FIELDS = {"logits": "hook_logits", "probs": "hook_probs", "top_k_ids": "hook_top_k_ids",
+                "top_k_probs": "hook_top_k_probs", "p_next": "hook_p_next", "logp_next": "hook_logp_next"}
 # attribute -> MambaLens hook name: every mixer's records, then the mixer-specific ones (decay)
 LAYER_FIELDS = {name: f"hook_{name}" for name in RECORDABLE + MIXER_SPECIFIC}
 STATES_HOOK = "hook_h"
@@ -73,13 +87,17 @@ class LayerTrace:
 
 @dataclass
 class Trace:
-    tokens: np.ndarray       # [L] int64
-    layers: list             # [LayerTrace] * n_layer
-    logits: np.ndarray       # [L, V]
-    probs: np.ndarray        # [L, V]
+    tokens: np.ndarray                  # [L] int64
+    layers: list                        # [LayerTrace] * n_layer
+    logits: Optional[np.ndarray]        # [L, V] or None (not kept: module docstring)
+    probs: Optional[np.ndarray]         # [L, V] or None
     # config, norm_epsilon, checkpoint (file name), checkpoint_sha256, backend, version, task,
-    # units, and interventions when the run was edited
+    # units, top_k, full_probs, and interventions when the run was edited
     meta: dict = field(default_factory=dict)
+    top_k_ids: Optional[np.ndarray] = None      # [L, k] int64, most probable first
+    top_k_probs: Optional[np.ndarray] = None    # [L, k] float32
+    p_next: Optional[np.ndarray] = None         # [L] float32, NaN at the last step
+    logp_next: Optional[np.ndarray] = None      # [L] float32, NaN at the last step
 
     @property
     def length(self) -> int:
@@ -91,7 +109,8 @@ class Trace:
         return self.meta.get("units", "channel")      # traces before the field were all Mamba-1
 
     def to_tensors(self) -> dict:
-        out = {"tokens": self.tokens, "hook_logits": self.logits, "hook_probs": self.probs}
+        out = {"tokens": self.tokens}
+        out.update({hook: getattr(self, a) for a, hook in MODEL_FIELDS.items() if getattr(self, a) is not None})
         for i, lt in enumerate(self.layers):
             for attr, hook in {**LAYER_FIELDS, "states": STATES_HOOK}.items():
                 if getattr(lt, attr) is not None:
@@ -123,8 +142,8 @@ class Trace:
         meta = {k: _maybe_json(v) for k, v in meta.items()}
         if "checkpoint_path" in meta:    # older traces stored the absolute path: keep only the name
             meta.setdefault("checkpoint", Path(meta.pop("checkpoint_path")).name)
-        return cls(tokens=arrays["tokens"], layers=layers, logits=arrays["hook_logits"],
-                   probs=arrays["hook_probs"], meta=meta)
+        return cls(tokens=arrays["tokens"], layers=layers, meta=meta,
+                   **{a: arrays.get(hook) for a, hook in MODEL_FIELDS.items()})
 
 
 def _maybe_json(s: str):
@@ -149,7 +168,8 @@ def as_token_tensor(tokens, device="cpu") -> torch.Tensor:
 @torch.no_grad()
 def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None, full_states: bool = False,
           max_state_elems: int = DEFAULT_MAX_STATE_ELEMS, interventions: Sequence = (),
-          backend: Optional[str] = None, chunk_len: Optional[int] = None) -> Trace:
+          backend: Optional[str] = None, chunk_len: Optional[int] = None, top_k: int = TOP_K_DEFAULT,
+          full_probs: Optional[bool] = None) -> Trace:
     """Run `lm` on one sequence ([L] or [1, L]) and record every layer (module docstring for shapes).
 
     include: which per-layer quantities to keep (default: everything the mixer records,
@@ -159,11 +179,15 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     (L * D * N * n_layer, D = H * P for Mamba-2); raise the cap explicitly if you have the memory.
     interventions: edits (model.interventions) applied during the run; meta["interventions"]
     then describes them. backend, chunk_len: as model.run.run.
+    top_k: next-token candidates kept per step (at most V); full_probs: also keep logits and probs
+    [L, V] (None: when V <= FULL_PROBS_MAX_VOCAB). p(next) and its log are always kept.
     """
     include = DEFAULT_FIELDS[lm.config.layer] if include is None else tuple(include)
     unknown = set(include) - set(LAYER_FIELDS)
     if unknown:
         raise ValueError(f"unknown trace quantities {sorted(unknown)}; choose from {list(LAYER_FIELDS)}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
     interventions = list(interventions)
     ids = as_token_tensor(tokens, lm.device)                         # [1, L]
     cfg = lm.config
@@ -182,15 +206,42 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     np32 = lambda a: a[0].float().cpu().numpy()                      # noqa: E731  [1, L, ...] -> [L, ...]
     recs = res.records or [{} for _ in range(cfg.n_layer)]
     layers = [LayerTrace(**{a: np32(r[a]) if a in r else None for a in (*LAYER_FIELDS, "states")}) for r in recs]
-    logits = np32(res.logits[..., :cfg.vocab_size])                 # [L, V]
-    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    full = cfg.vocab_size <= FULL_PROBS_MAX_VOCAB if full_probs is None else bool(full_probs)
+    head = next_token_summary(res.logits[0, :, :cfg.vocab_size], ids[0], min(int(top_k), cfg.vocab_size), full)
     path = getattr(lm, "checkpoint_path", None)
     meta = {"config": cfg.to_mamba_ssm_dict(), "norm_epsilon": cfg.norm_epsilon,
             "checkpoint_sha256": getattr(lm, "checkpoint_sha256", None) or "unsaved",
             # the file name only: an exported trace must not carry the server's paths
             "checkpoint": Path(path).name if path else "",
             "backend": resolve_backend(backend, lm.device), "version": __version__,
-            "task": getattr(lm, "task", None) or {}, "units": lm.backbone.layers[0].mixer.unit}
+            "task": getattr(lm, "task", None) or {}, "units": lm.backbone.layers[0].mixer.unit,
+            "top_k": int(head["top_k_ids"].shape[1]), "full_probs": full}
     if interventions:
         meta["interventions"] = [describe(iv) for iv in interventions]
-    return Trace(tokens=ids[0].cpu().numpy(), layers=layers, logits=logits, probs=probs, meta=meta)
+    return Trace(tokens=ids[0].cpu().numpy(), layers=layers, meta=meta, **head)
+
+
+def next_token_summary(logits: torch.Tensor, ids: torch.Tensor, k: int, full: bool) -> dict:
+    """logits [L, V], ids [L] -> the Trace's model-level arrays (module docstring), as numpy.
+    Row blocks of HEAD_ROWS: the log-softmax of a block is its only [rows, V] temporary."""
+    L = logits.shape[0]
+    nxt = torch.cat([ids[1:], ids[:1]])                                 # [L] tokens[t+1] (last: a dummy)
+    top_ids, top_p, logp = [], [], []
+    kept = [] if full else None
+    for s in range(0, L, HEAD_ROWS):
+        lp = torch.log_softmax(logits[s:s + HEAD_ROWS].float(), -1)     # [rows, V]
+        v, i = torch.topk(lp, k, dim=-1)                                # [rows, k] each, sorted
+        top_ids.append(i)
+        top_p.append(v.exp())
+        logp.append(lp.gather(1, nxt[s:s + HEAD_ROWS, None].to(lp.device))[:, 0])
+        if full:
+            kept.append(lp)
+    logp = torch.cat(logp).cpu()                                        # [L]
+    logp[-1] = float("nan")                                             # nothing follows the last step
+    out = {"top_k_ids": torch.cat(top_ids).cpu().numpy().astype(np.int64),
+           "top_k_probs": torch.cat(top_p).cpu().numpy(), "p_next": logp.exp().numpy(),
+           "logp_next": logp.numpy(), "logits": None, "probs": None}
+    if full:
+        out["logits"] = logits.float().cpu().numpy()                    # [L, V]
+        out["probs"] = torch.cat(kept).exp().cpu().numpy()              # [L, V]
+    return out

@@ -91,3 +91,26 @@ def test_shared_layout_and_clamp_matrix():
     mq_tokens = shared_layout_batch(MQAR_TASK, 4, 24, seed=2, n_pairs=3)
     assert (mq_tokens[:, 1:6:2] >= mq.V_DEFAULT // 2).all()
     assert clamp_matrix(small_lm(MQAR_TASK), MQAR_TASK, mq_tokens, layers=[1], window=2).acc.shape == (4, 3)
+
+
+@pytest.mark.parametrize("task, options, length", [("selective_copying", {"k": 3}, 20), ("mqar", {"n_pairs": 3}, 18)])
+def test_memory_report_end_to_end(tmp_path, task, options, length):
+    import json
+
+    from analysis import memory_report
+    from model import save_checkpoint
+    from tasks import TASKS
+    from viz.figures import render
+
+    lm = small_lm(TASKS[task])
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(lm, path, task=TASKS[task].metadata(length, options=options))
+    memory_report.main([str(path), "--seqs", "4", "--out", str(tmp_path / "docs")])
+    md = (tmp_path / "docs" / f"{task}.md").read_text()
+    assert "## The answer" in md and "| layer | write kept at recall" in md and md.count("\n| ") >= 3
+    s = json.loads((tmp_path / "docs" / task / "study.json").read_text())
+    assert len(s["writes"]) == 3 and len(s["layers"]) == 2 and 0 <= s["accuracy"] <= 1
+    assert s["options"] == options and s["length"] == length
+    acc = np.array(s["layers"][s["memory_layer"]]["clamp"]["4"]["acc"], dtype=float)
+    assert acc.shape == (4, 3)
+    assert len(render(tmp_path / "docs" / task / "figures.json")) == 3          # PNGs drawn by viz.figures

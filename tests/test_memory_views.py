@@ -66,3 +66,45 @@ def test_selective_copy_sequence_maps_every_data_token(monkeypatch):
     monkeypatch.setattr(common, "MODEL", common.Loaded(lm, "tiny copy", "", None, task=SELECTIVE_COPYING))
     md, _, _ = memory.show_memories("_ 3 _ 9 _ _ 1 ? ? ?", "layer 1", "state held (‖term‖)")
     assert "**3 memories**" in md
+
+
+def test_task_edits_and_presets_for_the_other_tasks(mqar_app):
+    from ui import explore
+    text = "5 4100 7 4200 _ _ 7 _ 5 _"
+    assert memory.edit_kinds() == ["set key a's value to b", "ask for key a again at position b"]
+    assert memory.apply_edit(text, "set key a's value to b", 7, 5000) == "5 4100 7 5000 _ _ 7 _ 5 _"
+    assert memory.apply_edit(text, "ask for key a again at position b", 5, 9) == "5 4100 7 4200 _ _ 7 _ 5 5"
+    with pytest.raises(gr.Error, match="key 9 is not among"):
+        memory.apply_edit(text, "set key a's value to b", 9, 5000)
+    with pytest.raises(gr.Error, match="edit"):
+        memory.apply_edit(text, "move data token #a to position b", 1, 2)
+    assert explore.preset_names() == list(MQAR_TASK.presets)
+    out = explore.apply_preset(explore.preset_names()[0])
+    assert len(out) == 9 and MQAR_TASK.positions(MQAR_TASK.parse(out[7])).scored and "pairs" in out[8]
+    assert len(MQAR_TASK.parse(explore.first_text())) == 64
+    with pytest.raises(gr.Error, match="this model's task is mqar"):
+        explore.set_memory(text, 3)
+
+
+def test_app_on_an_mqar_checkpoint_shows_its_presets_and_the_memories_tab(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from model import save_checkpoint
+    torch.manual_seed(0)
+    path = tmp_path / "mqar.safetensors"
+    save_checkpoint(MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=MQAR_TASK.vocab_size)), path,
+                    task=MQAR_TASK.metadata(64, options={"n_pairs": 4}))
+    monkeypatch.setenv(common.CHECKPOINT_ENV, str(path))
+    monkeypatch.setattr(common, "MODEL", common.MODEL)              # restored after the test
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    by_id = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert common.MODEL.task is MQAR_TASK
+    assert [c[0] for c in by_id["preset"].choices] == list(MQAR_TASK.presets) and by_id["preset"].visible
+    assert by_id["generate-box"].visible is False and by_id["quick-edits"].visible is False   # induction's
+    assert by_id["run-memories"].visible is not False
+    assert by_id["task-edit"].choices[0][0] == "set key a's value to b"
+    assert MQAR_TASK.positions(MQAR_TASK.parse(by_id["tokens"].value)).scored
+    md, ret, hold = memory.show_memories(by_id["tokens"].value, "layer 2", "state held (‖term‖)")
+    assert "**4 memories** in layer 2" in md

@@ -23,7 +23,7 @@ import torch
 from kernels import resolve_backend
 from kernels.cpu_memory import keep_freed_memory
 from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
-from tasks import INDUCTION, Task, task_for
+from tasks import INDUCTION, MAX_LEN, IdTask, Task, TokenError, task_for
 
 from .limits import HEAVY_CONCURRENCY, limit_arenas
 
@@ -41,6 +41,9 @@ CONCURRENCY = HEAVY_CONCURRENCY          # model runs at once, all heavy endpoin
 SHOWN_CHARS = 60                         # of the user's input, at most, in an error message
 MESSAGE_CHARS = 600                      # a whole error message, at most (a last guard)
 INT64 = (-(1 << 63), (1 << 63) - 1)      # whole numbers end up in int64 arrays
+# a plain LM's forward holds logits [L, V] in fp32 however little of them a trace keeps: this many
+# floats (1 GiB) cap its length (V = 50,280: 5,338 tokens); a 17-token task model keeps MAX_LEN
+LOGITS_MAX_FLOATS = 1 << 28
 ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
 DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cpu")
 
@@ -92,16 +95,48 @@ def load_model(requested: Optional[str], default: Path = DEFAULT_CHECKPOINT) -> 
                       f"`MambaLM(MambaConfig())` (seed {FRESH_SEED}): its predictions are at chance. Pass "
                       f"`--checkpoint PATH` or set `{CHECKPOINT_ENV}`. Scan backend: `{backend}` on `{DEVICE.type}`.",
                       None)
-    task = task_for(lm.task) or INDUCTION
+    task = task_of_model(lm, path)
     if task.vocab_size > lm.config.vocab_size:
         e = f"{path.name}: vocabulary of {lm.config.vocab_size} tokens; its task {task.name} needs {task.vocab_size}"
         return Loaded(None, "no model", f"❌ **Could not use the requested checkpoint.** {e}", e)
     meta = lm.task or {}
     trained = f", trained on {meta.get('name', '?')} at L = {meta['train_len']}" if "train_len" in meta else ""
+    if isinstance(task, IdTask):
+        trained = (", a plain language model: " + ("text in, through its tokenizer.json" if task.name == "text"
+                                                   else f"token ids 0..{lm.config.vocab_size - 1} in (no tokenizer.json)")
+                   + f", up to {length_cap(task):,} tokens")
     return Loaded(lm, f"{path.stem} ({lm.checkpoint_sha256[:8]})",
                   f"**Model** `{path.name}` · sha256 `{lm.checkpoint_sha256[:12]}…`{trained} · "
                   f"{lm.config.n_layer} layers, d_model {lm.config.d_model} · scan backend `{backend}` "
                   f"on `{DEVICE.type}`", None, task, path)
+
+
+def task_of_model(lm: MambaLM, path: Path) -> Task:
+    """What the tokens of a loaded model mean: the task its metadata names; else a plain LM (a
+    model directory, or a file whose vocabulary is not induction heads'), with text in through its
+    tokenizer (lm.text_task) or ids in; else (our task-less 17-token files) induction heads."""
+    task = task_for(lm.task)
+    if task is not None:
+        return task
+    if getattr(lm, "text_task", None) is not None:
+        return lm.text_task
+    if Path(path).is_dir() or lm.config.vocab_size != INDUCTION.vocab_size:
+        ids = IdTask(lm.config.vocab_size)
+        ids.hint = " (this model has no tokenizer.json, so it takes ids, not text)"
+        return ids
+    return INDUCTION
+
+
+def is_plain_lm(task: Optional[Task] = None) -> bool:
+    """A plain language model (next-token views, no task controls): the app's model by default."""
+    return isinstance(MODEL.task if task is None else task, IdTask)
+
+
+def length_cap(task: Optional[Task] = None) -> int:
+    """The longest sequence a request may run: MAX_LEN, or less for a plain LM's large vocabulary
+    (LOGITS_MAX_FLOATS)."""
+    task = MODEL.task if task is None else task
+    return min(MAX_LEN, LOGITS_MAX_FLOATS // task.vocab_size) if is_plain_lm(task) else MAX_LEN
 
 
 MODEL = Loaded(None, "no model", "", "the app has not loaded a model yet")
@@ -233,8 +268,15 @@ def text(x, field: str) -> str:
 
 def tokens(x) -> np.ndarray:
     """The token text box -> int64 [L] ids in the loaded task's vocabulary (tasks' parser: its
-    errors name the token and show at most 20 characters of it)."""
-    return MODEL.task.parse(text(x, "the sequence"))
+    errors name the token and show at most 20 characters of it), at most length_cap() of them."""
+    cap = length_cap()
+    try:
+        return MODEL.task.parse(text(x, "the sequence"), max_len=cap)
+    except TokenError as e:
+        if cap < MAX_LEN and "over the cap" in str(e):      # say why a plain LM's cap is lower
+            raise TokenError(f"{e} (the cap for a {MODEL.task.vocab_size:,}-token vocabulary: its logits "
+                             f"[L, V] are held in memory)") from None
+        raise
 
 
 def layer_names(n_layer: int) -> list:

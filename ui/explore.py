@@ -3,24 +3,30 @@
 One function per view, its parameters mirroring the widgets one to one (app.py wires them). A
 view is a pure function of the widgets: every edit re-runs the model (8 ms at L=256), so no trace
 is kept between calls and nothing mutable is shared between users. The generator, presets and
-quick edits are the induction task's (tasks/induction.py); the charts viz/'s.
+quick edits are the induction task's (tasks/induction.py); the charts viz/'s. A plain LM (a model
+directory without a task: ui/common.is_plain_lm) takes text or ids, gets the LM views (viz/lm.py)
+and refuses the induction generator and edits with a message saying so.
 """
 from __future__ import annotations
 
 import time
 from typing import Optional
 
+import gradio as gr
 from gradio.components.plot import PlotData
 
 from tasks import induction as ind
-from viz import charts, summary
+from viz import charts, lm, scale, summary
 from viz.frames import MAX_BINS_LIMIT, TraceView, clamp_window, time_bins
 
 from . import common
 from .common import user_errors
 
 VIEW_QUANTITIES = ("delta", "state_norm")   # what the charts draw (exports take everything)
-SORTS = {"index": "index", "Δ ratio": "ratio"}     # the channel-order radio -> dashboard's sort
+# the channel-order radio -> dashboard's sort, or 'top:<score>': the TOP_UNITS best units by that
+# score (viz/scale.py SCORES), the rest as one named mean row (the values are ASCII: links carry them)
+SORTS = {"index": "index", "Δ ratio": "ratio",
+         **{f"top {scale.TOP_UNITS} by {name}": f"top:{key}" for key, name in scale.SCORES.items()}}
 BIN_STATS = ("max", "mean")
 
 
@@ -44,9 +50,33 @@ def default_layers() -> list:
     return [names[i] for i in picks]
 
 
+FIRST_TEXT_LM = "The quick brown fox jumps over the lazy dog. The quick brown fox"   # a repeat: loss drops
+
+
 def first_text() -> str:
-    """The text box's content when the page opens: the paper's setup."""
+    """The text box's content when the page opens: the paper's setup (a plain LM: a sentence, or ids)."""
+    task = common.MODEL.task
+    if common.is_plain_lm():
+        return FIRST_TEXT_LM if task.name == "text" else task.format([i % task.vocab_size for i in range(32)])
+    if task.name != ind.NAME:                 # selective copying, MQAR: the task's first preset
+        return task.format(task.realize(next(iter(task.presets.values()))))
     return ind.INDUCTION.format(ind.INDUCTION.realize(ind.PRESETS["Paper setup (L=256)"]))
+
+
+def preset_names() -> list:
+    """The preset dropdown's choices: the loaded task's presets (none for a plain LM)."""
+    return [] if common.is_plain_lm() else list(common.MODEL.task.presets)
+
+
+def induction_only(what: str) -> None:
+    """Refuse an induction-heads edit on a plain LM (its sequences are text, not S M pairs) or on
+    another task's model (its sequences have no S M pairs either)."""
+    if common.is_plain_lm():
+        raise ValueError(f"{what} makes induction-heads sequences; this model is a plain language model: "
+                         "type text (or ids) in the box instead")
+    if common.MODEL.task.name != ind.NAME:
+        raise ValueError(f"{what} makes induction-heads sequences; this model's task is "
+                         f"{common.MODEL.task.name}: use its presets or the Memories tab's edits")
 
 
 def trace_view(tokens_text, include: Optional[tuple] = VIEW_QUANTITIES):
@@ -66,7 +96,12 @@ def view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat) -> dic
     if len(picked) > MAX_LAYERS_SHOWN:
         raise ValueError(f"{len(picked)} layers chosen: show at most {MAX_LAYERS_SHOWN} at once (the dashboard "
                          "draws three charts per layer)")
-    return {"sort": SORTS[common.choice(channel_sort, "channel order", list(SORTS))],
+    sort = SORTS[common.choice(channel_sort, "channel order", list(SORTS))]
+    if common.is_plain_lm() and sort.endswith("ratio"):
+        raise ValueError("the Δ ratio needs a task's write position, and this model is a plain language model: "
+                         "order channels by index or rank them by max Δ, state norm or variance")
+    top = {"top_units": scale.TOP_UNITS, "score": sort[4:]} if sort.startswith("top:") else {}
+    return {"sort": "index" if top else sort, **top,
             "max_bins": common.whole(max_bins, "time bins", 1, MAX_BINS_LIMIT),
             "t_from": common.whole(t_from, "window from t", optional=True),
             "t_to": common.whole(t_to, "window to t", optional=True),
@@ -81,7 +116,7 @@ def chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat
     chart = charts.dashboard(view, **settings)
     width = time_bins(*clamp_window(view.length, settings["t_from"], settings["t_to"]), settings["max_bins"]).width
     note = f"<br><small>model run: {seconds * 1000:.0f} ms ({common.backend_note()})</small>"
-    return chart, summary.describe(view, width) + note
+    return chart, (lm.describe(view, width) if view.is_lm else summary.describe(view, width)) + note
 
 
 @user_errors
@@ -102,6 +137,7 @@ def show_plot(tokens_text: str, channel_sort: str, max_bins: float, t_from: Opti
 @user_errors
 def generate(length: float, trigger_pos: float, memory: float, seed: float, n_triggers: float,
              filler_excludes_memory: bool, memory_in_filler_every: float) -> str:
+    induction_only("the generator")
     g = ind.Generator(length=common.whole(length, "length"),
                       trigger_pos=common.whole(trigger_pos, "trigger position"),
                       memory=common.whole(memory, "memory token"),
@@ -114,7 +150,13 @@ def generate(length: float, trigger_pos: float, memory: float, seed: float, n_tr
 
 @user_errors
 def apply_preset(name: str):
-    """A preset fills the generator widgets and the text box (then the view re-runs)."""
+    """A preset fills the generator widgets and the text box (then the view re-runs); another
+    task's preset fills the text box only (its generator is not the induction one)."""
+    task = common.MODEL.task
+    if not common.is_plain_lm() and task.name != ind.NAME:
+        name = common.choice(name, "preset", list(task.presets))
+        return (*[gr.skip()] * 7, task.format(task.realize(task.presets[name])), task.preset_notes[name])
+    induction_only("a preset")
     g = ind.PRESETS[common.choice(name, "preset", list(ind.PRESETS))]
     text = ind.INDUCTION.format(ind.INDUCTION.realize(g))
     return (g.length, g.trigger_pos, g.memory, g.seed, g.n_triggers, g.filler_excludes_memory,
@@ -123,11 +165,13 @@ def apply_preset(name: str):
 
 @user_errors
 def set_memory(tokens_text: str, memory: float) -> str:
+    induction_only("'set M'")
     tokens = common.tokens(tokens_text)
     return ind.INDUCTION.format(ind.set_memory_token(tokens, common.whole(memory, "memory token")))
 
 
 @user_errors
 def move_trigger(tokens_text: str, position: float) -> str:
+    induction_only("'move S M'")
     tokens = common.tokens(tokens_text)
     return ind.INDUCTION.format(ind.move_trigger(tokens, common.whole(position, "trigger position")))

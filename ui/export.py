@@ -43,6 +43,8 @@ FORMATS = ("safetensors", "csv", "html")
 def export_safetensors(tokens_text: str) -> str:
     tr, view, _ = explore.trace_view(tokens_text, include=None)
     tr.meta["label"] = common.MODEL.label
+    if view.is_lm:        # the decoded tokens travel with a plain LM's trace (its tokenizer may not)
+        tr.meta["token_labels"] = view.task.token_labels(tr.tokens).tolist()
     return str(storage.store(f"trace-L{view.length}.safetensors", tr.save))
 
 
@@ -51,11 +53,15 @@ def export_csv(tokens_text: str, t_from: Optional[float], t_to: Optional[float],
     t_from = common.whole(t_from, "window from t", optional=True)
     t_to = common.whole(t_to, "window to t", optional=True)
     everything = common.flag(all_quantities, "CSV: all quantities")
-    quantities = tables.ALL_QUANTITIES if everything else tables.DEFAULT_QUANTITIES
+    lm = common.is_plain_lm()
+    quantities = ((tables.LM_ALL_QUANTITIES if everything else tables.LM_DEFAULT_QUANTITIES) if lm else
+                  tables.ALL_QUANTITIES if everything else tables.DEFAULT_QUANTITIES)
     tr, view, _ = explore.trace_view(tokens_text, include=None if everything else explore.VIEW_QUANTITIES)
     t0, t1 = clamp_window(view.length, t_from, t_to)
+    labels = view.task.token_labels if lm else None        # a plain LM's CSV carries the decoded tokens
     return str(storage.store(f"trace-L{view.length}-t{t0}-{t1 - 1}.csv.gz",
-                             lambda path: tables.write_tidy_csv(tr, path, quantities, t_from=t0, t_to=t1)))
+                             lambda path: tables.write_tidy_csv(tr, path, quantities, t_from=t0, t_to=t1,
+                                                                labels=labels)))
 
 
 @user_errors
@@ -162,9 +168,12 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             torch.manual_seed(0)
             lm, label = MambaLM(MambaConfig()).eval(), "untrained model (seed 0)"
-        task = task_for(lm.task) or INDUCTION
+        task = common.task_of_model(lm, Path(path)) if path else task_for(lm.task) or INDUCTION
         if args.sequences:
             seqs = read_sequences(args.sequences, task)
+        elif common.is_plain_lm(task):
+            raise ValueError("this checkpoint is a plain language model: give its texts with --sequences "
+                             "(the generator makes induction-heads sequences)")
         else:
             gens = [ind.Generator(length=args.length, trigger_pos=args.trigger_pos, memory=args.memory,
                                   seed=args.seed + i, n_triggers=args.n_triggers,
@@ -188,7 +197,11 @@ def main(argv=None) -> int:
             if "safetensors" in args.formats:
                 tr.save(stem.with_suffix(".safetensors"))
             if "csv" in args.formats:
-                tables.write_tidy_csv(tr, stem.with_suffix(".csv.gz"), quantities, max_rows=args.csv_max_rows)
+                lm_q = common.is_plain_lm(task)
+                tables.write_tidy_csv(tr, stem.with_suffix(".csv.gz"),
+                                      (tables.LM_ALL_QUANTITIES if args.csv_all_quantities else
+                                       tables.LM_DEFAULT_QUANTITIES) if lm_q else quantities,
+                                      max_rows=args.csv_max_rows, labels=task.token_labels if lm_q else None)
             if "html" in args.formats or args.figure:
                 view = TraceView.from_trace(tr, task, label=label)
                 chart = charts.dashboard(view, sort=args.sort, max_bins=args.max_bins)

@@ -63,6 +63,8 @@ def chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch
         w = time_bins(t0, t1, s["max_bins"]).width
         binning = "per timestep" if w == 1 else f"time binned by {w} steps (heatmaps: {s['stat']} per bin)"
         order = "channels by index" if s["sort"] == "index" else "channels sorted by Δ ratio"
+        if "top_units" in s:
+            order = f"the top {s['top_units']} channels by {s['score']}, the rest as one mean row"
         return chart, [model_line(), seq, f"window t = {t0}..{t1 - 1}; {binning}; {order}"]
     if which.startswith("Δ ratio"):
         name = ck_a if which == "Δ ratio (checkpoint)" else ck_b

@@ -8,12 +8,15 @@ list is refused, so a request cannot name an arbitrary path.
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import numpy as np
 from gradio.components.plot import PlotData
 
 from analysis import compare
+from model import trace
+from model.checkpoint import read_metadata
 from viz import charts, mechanism
 from viz.intervention import p_target_chart
 
@@ -41,10 +44,39 @@ def _started() -> Optional[str]:
     return f"{m.path.name if m.path is not None else m.label} (loaded at start)"
 
 
+LM_NOTE = ("This model is a plain language model (no task): the memory-token, trigger and query parts "
+           "(memory channels, the write-position default, p(M), the Δ ratio) are hidden; the comparison, hidden "
+           "attention and interventions run on it, with p(actual next token) as the measure.")
+
+
+def task_parts() -> dict:
+    """What app.py shows of the tab's task-specific controls for the app's model: task (bool: show
+    them), note (the one line saying why they are hidden, or ''), channels (the channel box's default)
+    and the labels of the channel and timestep boxes."""
+    if common.is_plain_lm():
+        return {"task": False, "note": LM_NOTE, "channels": "0", "channels_label": "channels ('3, 7, 88')",
+                "t_label": "timestep t"}
+    return {"task": True, "note": "", "channels": MEMORY_CHANNELS,
+            "channels_label": f"channels ('3, 7, 88' or '{MEMORY_CHANNELS}')",
+            "t_label": "timestep t (empty = the write position, M after S)"}
+
+
+def _vocab(name: str) -> Optional[int]:
+    """A checkpoint file's vocabulary size from its metadata (the header only), None if unreadable."""
+    try:
+        return int((json.loads(read_metadata(CHECKPOINT_DIR / name)["config"]) or {})["vocab_size"])
+    except (ValueError, KeyError, TypeError, OSError):     # an unreadable file is simply not offered
+        return None
+
+
 def checkpoint_names() -> list:
-    """The folder's checkpoints, then the app's own model when it is not among them."""
+    """The folder's checkpoints, then the app's own model when it is not among them. A plain LM is
+    compared only with checkpoints of its own vocabulary (its tokens mean nothing to the others)."""
     started = _started()
-    return compare.list_checkpoints(CHECKPOINT_DIR) + ([started] if started else [])
+    names = compare.list_checkpoints(CHECKPOINT_DIR)
+    if common.is_plain_lm() and common.MODEL.lm is not None:
+        names = [n for n in names if _vocab(n) == common.MODEL.lm.config.vocab_size]
+    return names + ([started] if started else [])
 
 
 def default_pair() -> tuple:
@@ -93,6 +125,9 @@ def _channel(choice, n_channels: int) -> Optional[int]:
 def _channels(text: str, lm, tokens: np.ndarray, layer: int) -> list:
     """The intervention's channel text: 'memory channels' or ids like '3, 7, 88'."""
     if text.strip().lower() == MEMORY_CHANNELS:
+        if common.is_plain_lm():
+            raise ValueError(f"'{MEMORY_CHANNELS}' are the top Δ-ratio channels at a task's write position; this "
+                             "model is a plain language model: give channel ids, e.g. '3, 7, 88'")
         return compare.memory_channels(lm, tokens, layer)
     long = next((p for p in text.replace(",", " ").split() if len(p) > CHANNEL_CHARS), None)
     if long is not None:
@@ -111,6 +146,13 @@ def compare_charts(tokens_text, checkpoint_a, checkpoint_b) -> tuple:
     rows, charts_ = [], []
     for name in (checkpoint_a, checkpoint_b):
         lm = _model(name)
+        if common.is_plain_lm():     # no write position: the last step's prediction and the mean loss
+            tr = trace(lm, tokens, include=())
+            loss = -np.nanmean(tr.logp_next.astype(np.float64)) if len(tokens) > 1 else float("nan")
+            pred, ratio = compare.prediction(tr), None
+            rows.append((name, pred.top, pred.p_top, None, None, f"mean loss {loss:.4g} nats/token"))
+            charts_.append(None)
+            continue
         pred, ratio = compare.query_summary(lm, tokens)
         rows.append((name, pred.top, pred.p_top, pred.memory, pred.p_memory, _ratio_note(ratio)))
         charts_.append(None if ratio is None else mechanism.delta_ratio_chart(
@@ -163,11 +205,15 @@ def intervention_chart(tokens_text, checkpoint, kind, layer, channels_text, time
     clamp = common.number(value, "clamp Δ to", *CLAMP_RANGE) if kind == "clamp Δ" else 0.0
     channels_text = common.text(channels_text, "channels")
     if t is None:
+        if common.is_plain_lm():
+            raise ValueError("give a timestep: a plain language model has no write position to default to")
         t = common.MODEL.task.positions(tokens).first_write
         if t is None:
             raise ValueError("give a timestep: the sequence has no S M pair whose write position to default to")
     channels = () if kind == "ablate layer SSM output" else _channels(channels_text, lm, tokens, li)
     iv = compare.make_intervention(kind, li, channels, t, end, clamp, len(tokens))
+    if common.is_plain_lm():
+        return _lm_intervention(lm, tokens, iv, kind, li, t, channels)
     before, after = compare.run_intervention(lm, tokens, iv)
     where = f"layer {li + 1}, t = {t}" + (f", channels {', '.join(map(str, channels))}" if channels else "")
     md = mechanism.prediction_markdown([("before", before.top, before.p_top, before.memory, before.p_memory, ""),
@@ -175,4 +221,22 @@ def intervention_chart(tokens_text, checkpoint, kind, layer, channels_text, time
                                          f"{kind} ({where})")], common.MODEL.task.labels)
     chart = None if before.p_memory_t is None else p_target_chart(
         before.p_memory_t, after.p_memory_t, title=f"p(M) before vs after {kind}, {where}", y_title="p(M)")
+    return md, chart
+
+
+def _lm_intervention(lm, tokens: np.ndarray, iv, kind: str, li: int, t: int, channels) -> tuple:
+    """A plain LM's intervention: the last step's top-1 and the mean loss before vs after, and
+    p(actual next token) at every step before vs after (the last step predicts nothing: left out)."""
+    before, after = trace(lm, tokens, include=()), trace(lm, tokens, include=(), interventions=[iv])
+    where = f"layer {li + 1}, t = {t}" + (f", channels {', '.join(map(str, channels))}" if channels else "")
+    rows = []
+    for name, tr, note in (("before", before, ""), ("after", after, f"{kind} ({where})")):
+        pred = compare.prediction(tr)
+        loss = -np.nanmean(tr.logp_next.astype(np.float64)) if len(tokens) > 1 else float("nan")
+        rows.append((name, pred.top, pred.p_top, None, None, f"mean loss {loss:.4g} nats/token" +
+                     (f" · {note}" if note else "")))
+    md = mechanism.prediction_markdown(rows, common.MODEL.task.labels)
+    chart = None if len(tokens) < 2 else p_target_chart(
+        before.p_next[:-1], after.p_next[:-1], title=f"p(actual next token) before vs after {kind}, {where}",
+        y_title="p(actual next token)")
     return md, chart

@@ -10,6 +10,8 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 from analysis.memory_lab import clamp_matrix, memory_map
+from tasks import mqar as mq
+from tasks import selective_copy as sc
 from viz import charts
 from viz.memory import clamp_chart, holders_chart, memory_labels, retention_chart
 
@@ -89,3 +91,40 @@ def show_clamp(tokens_text: str, layer: str, window: float):
     """(Markdown, clamp plot)."""
     md, chart = clamp_of(tokens_text, layer, window)
     return md, _plot(chart)
+
+
+# ---------------------------------------------------------------- the tasks' own edits
+def edit_kinds() -> list:
+    """The loaded task's quick edits (tasks/selective_copy.py, tasks/mqar.py): label -> (a, b) meaning."""
+    return list(EDITS.get(common.MODEL.task.name, {}))
+
+
+def _move_data(tokens, a, b):
+    return sc.move_data_token(tokens, common.whole(a, "data token #", 1) - 1, common.whole(b, "new position", 0))
+
+
+def _set_data(tokens, a, b):
+    return sc.set_data_token(tokens, common.whole(a, "data token #", 1) - 1, common.whole(b, "new token", 0))
+
+
+def _set_value(tokens, a, b):
+    return mq.set_value(tokens, common.whole(a, "key", 0), common.whole(b, "value", 0))
+
+
+def _repeat_key(tokens, a, b):
+    return mq.repeat_key(tokens, common.whole(a, "key", 0), common.whole(b, "position", 0))
+
+
+EDITS = {sc.NAME: {"move data token #a to position b": _move_data, "set data token #a to b": _set_data},
+         mq.NAME: {"set key a's value to b": _set_value, "ask for key a again at position b": _repeat_key}}
+
+
+@user_errors
+def apply_edit(tokens_text: str, kind: str, a: float, b: float) -> str:
+    """One of the task's edits on the text box's sequence -> the new sequence's text."""
+    task = common.MODEL.task
+    edits = EDITS.get(task.name)
+    if not edits:
+        raise ValueError(f"the {task.name or 'plain LM'} model has no edits here; edit the sequence in the text box")
+    fn = edits[common.choice(kind, "edit", list(edits))]
+    return task.format(fn(common.tokens(tokens_text), a, b))

@@ -38,7 +38,7 @@ HASH_DIGITS = 16
 SEEN_MAX = 512                           # sequences remembered for hash links (LRU) ...
 SEEN_TOKENS = 1 << 23                    # ... holding at most 8M tokens (int16: 16 MiB)
 QUERY_CHARS = 16_384                     # a longer query string is not one of ours
-TABS = ("explore", "mechanism", "patching", "lens")
+TABS = ("explore", "mechanism", "patching", "memories", "lens")
 _SEEN: OrderedDict = OrderedDict()       # hash -> int16 tokens
 _LOCK = threading.Lock()
 

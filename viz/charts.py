@@ -21,6 +21,9 @@ them in the titles, the axis and the readout); a few units get taller rows (unit
 """
 from __future__ import annotations
 
+import json
+from typing import Optional
+
 import altair as alt
 import pandas as pd
 
@@ -137,7 +140,8 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
 
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
-                    name: str, stat: str = "max", scheme: str = "viridis", unit: str = "channel") -> tuple:
+                    name: str, stat: str = "max", scheme: str = "viridis", unit: str = "channel",
+                    labels: Optional[list] = None, y_title: Optional[str] = None) -> tuple:
     """timestep x unit heatmap of one [L, U] quantity, units (channels, or heads: `unit`) top to
     bottom in `order`.
 
@@ -148,6 +152,8 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
       readout  the cell under the pointer, outlined and labelled (viz/hover.py)
     The cells also go to the page as numbers (hover.params: frame's max[, mean], none dropped),
     which the readout shows and an export of the spec holds.
+    labels: each row's name in `order`'s order (layers of the overview, the top-k units and the
+    'other N: mean' row; viz/scale.py), on the axis and in the readout; y_title: the axis title.
     Returns (layer chart, params): the params (hover.selection, hover.params) belong at the
     top level of the chart the layer ends up in, where the readout's expressions see them."""
     stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
@@ -163,9 +169,14 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
     step = min(16, max(1, D // 8))                     # 128 channels: every 16th; 8 heads: each
     y_axis = ({"values": [r + 0.5 for r in range(0, D, step)], "labelExpr": "floor(datum.value)", "ticks": False,
                "grid": False} if by_index else {"labels": False, "ticks": False, "grid": False})
+    if labels is not None:          # named rows: every row's name when they fit, else every step-th
+        step = 1 if px >= 10 else step
+        y_axis = {"values": [r + 0.5 for r in range(0, D, step)], "ticks": False, "grid": False,
+                  "labelExpr": f"{json.dumps(list(map(str, labels)))}[floor(datum.value)]"}
     x = {"field": "t", "type": "quantitative", "title": "timestep t",
          "scale": {"domain": [bins.t0, bins.t1], "nice": False, "zero": False}}
-    y = {"field": "row", "type": "quantitative", "title": unit + ("" if by_index else " (by Δ ratio)"),
+    y = {"field": "row", "type": "quantitative",
+         "title": y_title or (unit + ("" if by_index or labels is not None else " (by Δ ratio)")),
          "axis": y_axis, "scale": {"domain": [0, D], "reverse": True, "nice": False, "zero": False}}
     image = alt.Chart(alt.InlineData(values=[{"t": bins.t0, "t_end": bins.t1, "row": 0, "row_end": D, "url": url}]),
                       mark={"type": "image", "aspect": False, "smooth": False}, name=name,
@@ -180,10 +191,10 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                        encoding=alt.FacetedEncoding(color={
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
-    readout = hover.readout(frame, bins, order, name, what, WIDTH, px, unit)
+    readout = hover.readout(frame, bins, order, name, what, WIDTH, px, unit, labels=labels is not None)
     layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D,
                       title=f"{title} ({_bin_note(bins, stat)})")
-    return layer, [hover.selection(name), *hover.params(frame, tokens, order, name)]
+    return layer, [hover.selection(name), *hover.params(frame, tokens, order, name, labels)]
 
 
 def ratio_chart(frame: pd.DataFrame, order: list, win: Windows, unit: str = "channel") -> alt.Chart:
@@ -199,7 +210,7 @@ def ratio_chart(frame: pd.DataFrame, order: list, win: Windows, unit: str = "cha
         y=alt.Y("channel:O", sort=list(order), axis=None),
         x=alt.X("ratio:Q", title="ratio (log; bars start at 1)", scale=alt.Scale(type="log")),
         x2=alt.X2Datum(1),                  # a bar from 1 (no change) to the ratio: log has no 0
-        tooltip=[alt.Tooltip("channel:O", title=unit),
+        tooltip=[alt.Tooltip("name:N" if "name" in frame.columns else "channel:O", title=unit),
                  alt.Tooltip("write:Q", title=f"max Δ over the write window {write}", format=".4g"),
                  alt.Tooltip("write_step:Q", title="at t"),
                  alt.Tooltip("filler_median:Q", title=f"median Δ over the filler {filler}", format=".4g"),
@@ -208,11 +219,19 @@ def ratio_chart(frame: pd.DataFrame, order: list, win: Windows, unit: str = "cha
 
 
 def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=None, t_to=None,
-              layers=None, stat: str = "max") -> alt.VConcatChart:
+              layers=None, stat: str = "max", top_units: Optional[int] = None, score: str = "ratio",
+              overview: Optional[bool] = None) -> alt.VConcatChart:
     """Every chart of one trace, stacked, sharing the time selection.
     sort: channel order, 'index' or 'ratio'; max_bins: time bins per chart (1..MAX_BINS_LIMIT);
     t_from/t_to: the time window [t_from, t_to) (None = whole sequence); layers: layer indices to
-    draw (None = all); stat: 'max' or 'mean', what a heatmap cell's colour shows when binned."""
+    draw (None = all); stat: 'max' or 'mean', what a heatmap cell's colour shows when binned.
+    top_units: draw only this many units per layer, the best by `score` (viz/scale.py SCORES), the
+    rest as one 'other N: mean' row (None: every unit); overview: the layer x time overview
+    above the layers (None: for models deeper than scale.OVERVIEW_MIN_LAYERS - 1 layers).
+    A plain LM (view.is_lm) gets the LM views (viz/lm.py) where a task model has its predictions."""
+    # imported here: both build on this module's chart functions
+    from . import lm as lm_views
+    from . import scale
     if stat not in ("max", "mean"):
         raise ValueError(f"unknown bin statistic {stat!r}; choose 'max' or 'mean'")
     if not (1 <= max_bins <= MAX_BINS_LIMIT):
@@ -224,29 +243,44 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
     bins = time_bins(*clamp_window(view.length, t_from, t_to), max_bins)
     ratios = view.ratios                                             # None without a write and a filler
     tokens = token_frame(view, bins)
-    vocab = list(view.task.token_labels(range(view.probs.shape[1])))
-    rows = [token_strip(tokens, bins, role_names(view.task), "tokens"),
-            prediction_heatmap(prob_frame(view, bins), tokens, bins, vocab, "predictions"),
-            series_chart(series_frame(prediction_series(view), view, bins), bins,
-                         "Probability of the top-1 token and of the target", "p", "p_lines")]
-    views = ["tokens", "predictions", "p_lines"]
+    if view.is_lm:
+        rows, views = lm_views.prediction_rows(view, bins, tokens)
+    else:
+        vocab = list(view.task.token_labels(range(view.probs.shape[1])))
+        rows = [token_strip(tokens, bins, role_names(view.task), "tokens"),
+                prediction_heatmap(prob_frame(view, bins), tokens, bins, vocab, "predictions"),
+                series_chart(series_frame(prediction_series(view), view, bins), bins,
+                             "Probability of the top-1 token and of the target", "p", "p_lines")]
+        views = ["tokens", "predictions", "p_lines"]
     heatmap_params = []                                               # each heatmap's hover params
+    if view.n_layer >= scale.OVERVIEW_MIN_LAYERS if overview is None else overview:
+        o_rows, o_views, o_params = scale.overview_rows(view, bins, tokens, stat, layers)
+        rows, views, heatmap_params = rows + o_rows, views + o_views, o_params
     unit = view.unit
     per_unit, norm_of = UNIT_WORDS[unit]
     for i in layers:
         ratio = None if ratios is None else ratio_frame(ratios[i])
-        order = unit_order(None if ratios is None else ratios[i].ratio, view.delta[i].shape[1], sort)
-        dh, params = channel_heatmap(heatmap_frame(view.delta[i], bins), tokens, bins, order,
-                                     f"Layer {i + 1}: Δ (step size, after softplus){per_unit}", "Δ", f"delta_{i + 1}",
-                                     stat, unit=unit)
+        delta, norm, labels, note = view.delta[i], view.state_norm[i], None, ""
+        if top_units is not None and top_units < view.n_units:
+            kept = scale.top_units(scale.unit_scores(score, delta, norm, bins.t0, bins.t1,
+                                                     None if ratios is None else ratios[i].ratio), top_units)
+            (delta, labels), (norm, _) = scale.keep_top(delta, kept, unit), scale.keep_top(norm, kept, unit)
+            note = f" · top {top_units} {unit}s by {scale.SCORES[score]}, last row: the other {view.n_units - top_units}'s mean"
+            ratio = None if ratio is None else scale.ratio_rows(ratio, kept)
+            order = list(range(delta.shape[1]))
+        else:
+            order = unit_order(None if ratios is None else ratios[i].ratio, view.delta[i].shape[1], sort)
+        dh, params = channel_heatmap(heatmap_frame(delta, bins), tokens, bins, order,
+                                     f"Layer {i + 1}: Δ (step size, after softplus){per_unit}{note}", "Δ",
+                                     f"delta_{i + 1}", stat, unit=unit, labels=labels)
         heatmap_params += params
         # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
         # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
         dh = alt.hconcat(dh)
         rows.append(alt.hconcat(dh, ratio_chart(ratio, order, view.windows, unit)) if ratio is not None else dh)
-        nh, params = channel_heatmap(heatmap_frame(view.state_norm[i], bins), tokens, bins, order,
-                                     f"Layer {i + 1}: hidden-state norm {norm_of}", "‖h‖", f"norm_{i + 1}", stat,
-                                     "magma", unit)
+        nh, params = channel_heatmap(heatmap_frame(norm, bins), tokens, bins, order,
+                                     f"Layer {i + 1}: hidden-state norm {norm_of}{note}", "‖h‖", f"norm_{i + 1}",
+                                     stat, "magma", unit, labels=labels)
         heatmap_params += params
         rows.append(alt.hconcat(nh))
         rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},

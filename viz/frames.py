@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from tasks import Positions, Score, Task, score
+from tasks import IdTask, Positions, Score, Task, score
 from tasks.measures import DeltaRatio, Windows, layer_ratios, windows
 
 MAX_BINS_DEFAULT = 64        # time bins per chart by default: 64 x 128 = 8,192 cells per heatmap.
@@ -51,7 +51,9 @@ def trace_d_conv(meta: dict) -> int:
 @dataclass
 class TraceView:
     """The arrays the charts need, duck-typed from model.Trace (viz never imports the model).
-    tokens [L]; probs [L, V]; delta[i], state_norm[i]: [L, U] for layer i; the task the tokens
+    tokens [L]; probs [L, V] (None when the trace kept only the top-k: a 50k vocabulary);
+    top_k_ids, top_k_probs [L, k] and p_next [L] (NaN last) when the trace has them;
+    delta[i], state_norm[i]: [L, U] for layer i; the task the tokens
     belong to; d_conv, the layers' causal-conv width (it sets the Δ ratio's write window); unit,
     what the U axis indexes: "channel" (Mamba-1) or "head" (Mamba-2, the trace's meta["units"])."""
     tokens: np.ndarray
@@ -62,19 +64,32 @@ class TraceView:
     label: str = ""                     # what model made it, for titles
     d_conv: int = D_CONV_DEFAULT
     unit: str = "channel"
+    top_k_ids: Optional[np.ndarray] = None     # [L, k]
+    top_k_probs: Optional[np.ndarray] = None   # [L, k]
+    p_next: Optional[np.ndarray] = None        # [L]
+    logp_next: Optional[np.ndarray] = None     # [L] log p_next (exact where p_next underflows)
     positions: Positions = field(init=False)
 
     def __post_init__(self):
         self.tokens = np.asarray(self.tokens)
         if self.unit not in UNITS:
             raise ValueError(f"unknown unit {self.unit!r}; choose one of {', '.join(UNITS)}")
+        if self.probs is None and (self.top_k_ids is None or self.p_next is None):
+            raise ValueError("a view needs the full next-token distribution or its top-k and p(next)")
         self.positions = self.task.positions(self.tokens)
 
     @classmethod
     def from_trace(cls, tr, task: Task, label: str = "") -> "TraceView":
         return cls(tokens=tr.tokens, probs=tr.probs, delta=[lt.delta for lt in tr.layers],
                    state_norm=[lt.state_norm for lt in tr.layers], task=task, label=label,
-                   d_conv=trace_d_conv(tr.meta), unit=(tr.meta or {}).get("units", "channel"))
+                   d_conv=trace_d_conv(tr.meta), unit=(tr.meta or {}).get("units", "channel"),
+                   top_k_ids=getattr(tr, "top_k_ids", None), top_k_probs=getattr(tr, "top_k_probs", None),
+                   p_next=getattr(tr, "p_next", None), logp_next=getattr(tr, "logp_next", None))
+
+    @property
+    def is_lm(self) -> bool:
+        """A plain language model (tasks.text: ids or text, next-token prediction at every step)."""
+        return isinstance(self.task, IdTask)
 
     @property
     def length(self) -> int:
@@ -91,8 +106,17 @@ class TraceView:
 
     @cached_property
     def score(self) -> Score:
-        """The top-1 at each scored query against its target (tasks.score, the one definition)."""
-        return score(self.probs, self.positions)
+        """The top-1 at each scored query against its target (tasks.score, the one definition).
+        From the top-k when the trace has no full distribution: only a plain LM's traces lack it,
+        and there every target is the next token, whose p the trace keeps (p_next)."""
+        if self.probs is not None:
+            return score(self.probs, self.positions)
+        pairs = self.positions.scored
+        if any(t != int(self.tokens[q + 1]) for q, t in pairs):
+            raise ValueError("without the full distribution only next-token targets can be scored")
+        q = tuple(p for p, _ in pairs)
+        return Score(q, tuple(t for _, t in pairs), tuple(int(self.top_k_ids[p, 0]) for p in q),
+                     tuple(float(self.p_next[p]) for p in q))
 
     @cached_property
     def windows(self) -> Optional[Windows]:
@@ -177,6 +201,11 @@ def _bin_tokens(view: TraceView, bins: Bins) -> np.ndarray:
     tokens: those at the task's markers and queries)."""
     if bins.width == 1:
         return view.task.token_labels(view.tokens[bins.start])
+    if view.is_lm:          # every step is a query there: name the bin's first and last tokens instead
+        first = view.task.token_labels(view.tokens[bins.start])
+        last = view.task.token_labels(view.tokens[bins.end - 1])
+        return np.array([f"{e - s} tokens: {a} … {b}" for s, e, a, b in
+                         zip(bins.start.tolist(), bins.end.tolist(), first.tolist(), last.tolist())])
     pos = view.positions
     cues = sorted({int(view.tokens[p]) for p in (*pos.markers, *pos.queries)})
     window = view.tokens[bins.t0:bins.t1]

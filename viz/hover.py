@@ -36,13 +36,18 @@ def selection(view_name: str) -> alt.TopLevelSelectionParameter:
                                            mark=alt.BrushConfig(fillOpacity=0, strokeOpacity=0)))
 
 
-def params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) -> list:
+def params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str, labels=None) -> list:
     """Every cell of one heatmap for its readout, as top-level params (the readout's expressions
     see them): {cells}_max[, _mean] [n_bins * D] time-major, {cells}_time and _token per bin,
     {cells}_order per row. Each travels as one '|'-joined string and is split once on the page:
-    as JSON number lists Altair copied and serialised them for ~1.5 s."""
+    as JSON number lists Altair copied and serialised them for ~1.5 s.
+    labels: what to call each row in the readout (e.g. 'layer 3', 'other 1520 channels: mean'), in
+    `order`'s order; None = the unit and its id. A '|' in a label or token becomes '¦' (the joiner)."""
     cells = cells_name(name)
-    cols = {"order": map(str, order), "time": tokens["time"], "token": tokens["token"],
+    def bar(xs) -> list:
+        return [str(x).replace("|", "¦") for x in xs]
+    cols = {"order": map(str, order), "time": tokens["time"], "token": bar(tokens["token"]),
+            **({"label": bar(labels)} if labels is not None else {}),
             **{s_: csv_column(frame[s_]) for s_ in ("max", "mean") if s_ in frame.columns}}
     out = []
     for key, items in cols.items():
@@ -52,11 +57,12 @@ def params(frame: pd.DataFrame, tokens: pd.DataFrame, order: list, name: str) ->
 
 
 def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, width: int, row_px: int,
-            unit: str = "channel") -> list:
+            unit: str = "channel", labels: bool = False) -> list:
     """[outline, halo, label] unit charts for the heatmap view `name` (layer them over it).
 
     Pixel -> cell: x spans [t0, t1] over `width` px, bins are `bins.width` steps from t0; rows
-    are `row_px` apart, row r shows unit order[r] (a channel, or a head: `unit` labels it)."""
+    are `row_px` apart, row r shows unit order[r] (a channel, or a head: `unit` labels it; with
+    `labels`, the row's label param from `params(labels=...)` names it instead)."""
     D, nb = len(order), len(bins.start)
     px_per_step = width / (bins.t1 - bins.t0)
     hx, hy, cells = f"{param_name(name)}_x", f"{param_name(name)}_y", cells_name(name)
@@ -68,8 +74,9 @@ def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, 
     value = f"'{what} ' + {cells}_max[{idx}]"
     if bins.width > 1:
         value = f"'{what} max ' + {cells}_max[{idx}] + ', mean ' + {cells}_mean[{idx}]"
+    who = f"{cells}_label[{row}]" if labels else f"'{unit} ' + {ch}"
     text = (f"{on} ? ['t ' + {cells}_time[{col}] + ' · token ' + {cells}_token[{col}], "
-            f"'{unit} ' + {ch} + ' · ' + {value}] : ''")
+            f"{who} + ' · ' + {value}] : ''")
     x0 = f"{col} * {px_per_step * bins.width}"
     # off the heatmap: a zero-size box at the origin and an empty label (anything placed outside
     # the plot would grow the view: autosize counts every mark's bounds)

@@ -16,6 +16,10 @@ charted quantities of the 2-layer model, 1,250 for all of them):
 Values are written with 9 significant digits: float32 round-trips exactly.
 
 Model-level quantities (probs, logits) have layer = -1 and the vocabulary id in `channel`.
+A plain LM's trace (model/trace.py) holds the top-k instead of the full distribution at a large
+vocabulary: LM_QUANTITIES, layer -1, `channel` the rank (top_k_ids, top_k_probs) or 0 (p_next,
+logp_next; NaN at the last step). With `labels` (the task's token_labels) two text columns follow:
+token (the input token at t, decoded) and predicted (the decoded candidate on top_k_ids rows).
 """
 from __future__ import annotations
 
@@ -31,26 +35,32 @@ LAYER_QUANTITIES_DEFAULT = ("delta", "state_norm")
 LAYER_QUANTITIES_ALL = ("delta", "state_norm", "ssm_input", "ssm_output", "B", "C", "decay", "resid_post")
 DEFAULT_QUANTITIES = LAYER_QUANTITIES_DEFAULT + ("probs",)
 ALL_QUANTITIES = LAYER_QUANTITIES_ALL + ("probs", "logits")
-MODEL_QUANTITIES = ("probs", "logits")
+LM_QUANTITIES = ("p_next", "logp_next", "top_k_ids", "top_k_probs")
+LM_DEFAULT_QUANTITIES = LAYER_QUANTITIES_DEFAULT + LM_QUANTITIES
+LM_ALL_QUANTITIES = LAYER_QUANTITIES_ALL + LM_QUANTITIES + ("probs", "logits")
+MODEL_QUANTITIES = ("probs", "logits") + LM_QUANTITIES
+KNOWN_QUANTITIES = ALL_QUANTITIES + LM_QUANTITIES
 CSV_MAX_ROWS = 1 << 22          # 4,194,304 rows: ~7,900 steps of the default quantities, ~25 MB gzipped
 COLUMNS = ["layer", "t", "channel", "quantity", "value"]
+TEXT_COLUMNS = ["token", "predicted"]      # with `labels` only
 
 
 def _blocks(trace, quantities):
     """(layer, quantity, array [L, C]) for every requested quantity the trace holds; layer -1 for
     model outputs. Arrays with more axes (Mamba-2's B, C [L, G, N]) are flattened to [L, G·N]:
     the `channel` column is then g·N + n."""
-    unknown = [q for q in quantities if q not in ALL_QUANTITIES]
+    unknown = [q for q in quantities if q not in KNOWN_QUANTITIES]
     if unknown:
-        raise ValueError(f"unknown quantity {unknown[0]!r}; choose from {', '.join(ALL_QUANTITIES)}")
+        raise ValueError(f"unknown quantity {unknown[0]!r}; choose from {', '.join(KNOWN_QUANTITIES)}")
     for i, lt in enumerate(trace.layers):
         for q in quantities:
             a = None if q in MODEL_QUANTITIES else getattr(lt, q, None)
             if a is not None:
                 yield i, q, a.reshape(a.shape[0], -1)
     for q in quantities:
-        if q in MODEL_QUANTITIES:
-            yield -1, q, getattr(trace, q)
+        a = getattr(trace, q, None) if q in MODEL_QUANTITIES else None
+        if a is not None:         # a top-k trace has no full distribution, an older one no top-k
+            yield -1, q, a.reshape(a.shape[0], -1)
 
 
 def csv_rows(trace, quantities=DEFAULT_QUANTITIES, t_from: int = 0, t_to=None) -> int:
@@ -68,8 +78,9 @@ def tidy_frame(layer: int, quantity: str, values: np.ndarray, t_from: int) -> pd
 
 
 def write_tidy_csv(trace, path, quantities=DEFAULT_QUANTITIES, t_from=None, t_to=None,
-                   max_rows: int = CSV_MAX_ROWS) -> int:
-    """Write the tidy CSV (gzip if `path` ends in .gz) and return its number of data rows."""
+                   max_rows: int = CSV_MAX_ROWS, labels=None) -> int:
+    """Write the tidy CSV (gzip if `path` ends in .gz) and return its number of data rows.
+    labels: ids [n] -> decoded token strings [n] (tasks.Task.token_labels): adds TEXT_COLUMNS."""
     L = int(trace.tokens.shape[0])
     t0 = 0 if t_from is None else int(t_from)
     t1 = L if t_to is None else int(t_to)
@@ -88,8 +99,12 @@ def write_tidy_csv(trace, path, quantities=DEFAULT_QUANTITIES, t_from=None, t_to
     else:
         fh = open(path, "w", encoding="utf-8", newline="")
     with fh:
-        fh.write(",".join(COLUMNS) + "\n")
+        fh.write(",".join(COLUMNS + (TEXT_COLUMNS if labels is not None else [])) + "\n")
+        tok = None if labels is None else np.asarray(labels(trace.tokens[t0:t1]), dtype=object)   # [n]
         for layer, q, arr in _blocks(trace, quantities):
-            tidy_frame(layer, q, np.asarray(arr)[t0:t1], t0).to_csv(
-                fh, header=False, index=False, float_format="%.9g", lineterminator="\n")
+            df = tidy_frame(layer, q, np.asarray(arr)[t0:t1], t0)
+            if tok is not None:
+                df["token"] = np.repeat(tok, arr.shape[1])
+                df["predicted"] = labels(df["value"].to_numpy().astype(np.int64)) if q == "top_k_ids" else ""
+            df.to_csv(fh, header=False, index=False, float_format="%.9g", lineterminator="\n")
     return rows
