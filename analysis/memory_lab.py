@@ -5,14 +5,17 @@ scan is linear in its inputs, so the state is a sum of one term per step:
 
     h_t = sum_{s <= t} exp(A * (S_t - S_s)) * delta_s * B_s * x_s,     S_t = sum_{r <= t} delta_r
 
-and write s's part of the state at any later t is exactly its term: no probe, no fit. From it:
+and a write's part of the state at any later t is exactly the sum of its steps' terms: no probe,
+no fit. A write's steps are its write window [w, w + d_conv) (the conv carries token w into x
+there), cut at the next write or recall (write_windows). From it:
   retained [K, T]   the norm of write k's term in the layer's state at each time (0 before it):
                     when each memory is written and how it decays
   holders  [K, U]   per unit (Mamba-1 channel, Mamba-2 head), that norm at the step that recalls
                     write k (the last step when nothing recalls it): which units hold which memory
   reads    [K, U]   |C_q . term| at that recall step q: what the unit's output there takes from it
-  share    [K, U]   holders / the unit's whole state norm at that step: the rest is other memories
-                    and filler (interference)
+  share    [K, U]   holders / the unit's whole state norm at that step: near 1, the unit holds that
+                    memory alone; small, other memories and filler dominate it (above 1 when the
+                    other terms partly cancel it)
 The causal side (clamp_matrix): Δ clamped to 0 at one write (no input enters there) and every
 query scored: a memory that lives where the map says is lost alone, the others kept.
 """
@@ -26,6 +29,7 @@ import torch
 from model import run
 from model.interventions import ClampDelta
 from tasks import Task
+from tasks import induction as ind
 from tasks import selective_copy as sc
 
 MAX_TIMES = 256          # time points of `retained` (plus every write and query step)
@@ -34,6 +38,7 @@ MAX_TIMES = 256          # time points of `retained` (plus every write and query
 @dataclass
 class MemoryMap:
     writes: np.ndarray      # [K] write steps
+    windows: list           # [(w, end)] * K: the steps whose input carries each write (write_windows)
     recall: np.ndarray      # [K] the step that recalls each write (its first query; the last step if none)
     times: np.ndarray       # [T] the steps of `retained`
     unit: str               # "channel" (Mamba-1) or "head" (Mamba-2)
@@ -42,14 +47,22 @@ class MemoryMap:
     reads: list             # per layer [K, U]
     share: list             # per layer [K, U]
 
+    def kept_at_recall(self, layer: int) -> np.ndarray:
+        """[K] each write's term norm at its recall over its largest norm in its write window."""
+        r = self.retained[layer]
+        peak = np.array([r[k, (self.times >= w) & (self.times < e)].max() for k, (w, e) in enumerate(self.windows)])
+        at_q = r[np.arange(len(self.writes)), np.searchsorted(self.times, self.recall)]
+        return np.divide(at_q, peak, out=np.zeros_like(at_q), where=peak > 0)
+
     def top_holders(self, layer: int, k: int, n: int = 5) -> list:
         """The n units holding the most of write k at its recall, largest first."""
         return [int(u) for u in np.argsort(-self.holders[layer][k], kind="stable")[:n]]
 
 
-def _times(L: int, writes, recall, max_times: int) -> np.ndarray:
+def _times(L: int, windows, recall, max_times: int) -> np.ndarray:
     base = np.unique(np.linspace(0, L - 1, min(L, max_times)).round().astype(np.int64))
-    return np.unique(np.concatenate([base, np.asarray(writes, np.int64), np.asarray(recall, np.int64)]))
+    steps = [np.arange(w, e) for w, e in windows]
+    return np.unique(np.concatenate([base, *steps, np.asarray(recall, np.int64)]))
 
 
 def _recall_steps(pos, L: int) -> np.ndarray:
@@ -60,40 +73,53 @@ def _recall_steps(pos, L: int) -> np.ndarray:
     return np.array([first.get(w, L - 1) for w in pos.writes], dtype=np.int64)
 
 
-def _layer_terms(mixer, rec: dict, writes, recall, times):
-    """One layer's (retained [K, T], holders [K, U], reads [K, U]) from its records (batch row 0)."""
+def write_windows(writes, recall, d_conv: int, L: int) -> list:
+    """[(w, end)] per write: the steps whose input carries the written token into the state. The
+    depthwise conv feeds token w to x at steps w .. w + d_conv - 1, so a write is spread over
+    them; the window stops early at the next write or at the recall (those steps belong to them)."""
+    later = sorted(set(int(w) for w in writes) | set(int(q) for q in recall))
+    out = []
+    for w in writes:
+        nxt = min([v for v in later if v > w] + [L])
+        out.append((int(w), int(min(w + d_conv, nxt))))
+    return out
+
+
+def _layer_terms(mixer, rec: dict, windows, recall, times):
+    """One layer's (retained [K, T], holders [K, U], reads [K, U]) from its records (batch row 0):
+    the term of each write window, sum_{s in window, s <= t} exp(A (S_t - S_s)) delta_s B_s x_s."""
     delta = rec["delta"][0].double().cpu().numpy()                      # [L, U]
     x = rec["ssm_input"][0].double().cpu().numpy()                      # [L, D]
     Bm = rec["B"][0].double().cpu().numpy()                             # [L, N] or [L, G, N]
     Cm = rec["C"][0].double().cpu().numpy()
     A = mixer.A.detach().double().cpu().numpy()                         # [D, N] or [H]
     S = np.cumsum(delta, axis=0)                                        # [L, U]
-    K, T, U = len(writes), len(times), delta.shape[1]
+    K, T, U = len(windows), len(times), delta.shape[1]
     retained, holders, reads = np.zeros((K, T)), np.zeros((K, U)), np.zeros((K, U))
     head = A.ndim == 1
     if head:                                                            # Mamba-2: one decay per head
         H, G = U, Bm.shape[1]
         x = x.reshape(x.shape[0], H, -1)                                # [L, H, P]
         g = np.arange(H) // (H // G)                                    # head -> its B/C group
-    for k, (w, q) in enumerate(zip(writes, recall)):
-        after = times >= w
-        if head:
-            size = delta[w] * np.linalg.norm(x[w], axis=-1) * np.linalg.norm(Bm[w][g], axis=-1)   # [H]
-            decay = np.exp(A[None] * (S[times[after]] - S[w]))          # [T', H]
-            retained[k, after] = np.linalg.norm(decay * size, axis=-1)
-            dq = np.exp(A * (S[q] - S[w]))                              # [H]
-            holders[k] = dq * size
-            cb = np.einsum("hn,hn->h", Cm[q][g], Bm[w][g])              # C_q . B_w per head
-            reads[k] = np.abs(cb) * dq * delta[w] * np.linalg.norm(x[w], axis=-1)
-        else:                                                           # Mamba-1: decay per (d, n)
-            amp = np.abs(delta[w] * x[w])                               # [D]
-            ts = times[after]
-            e = np.exp(A[None] * (S[ts] - S[w])[:, :, None])            # [T', D, N]
-            per_d = amp * np.sqrt(np.einsum("tdn,n->td", e ** 2, Bm[w] ** 2))   # [T', D]
-            retained[k, after] = np.linalg.norm(per_d, axis=-1)
-            eq = np.exp(A * (S[q] - S[w])[:, None])                     # [D, N]
-            holders[k] = amp * np.sqrt((eq ** 2) @ (Bm[w] ** 2))
-            reads[k] = np.abs((eq * (Bm[w] * Cm[q])[None]).sum(-1) * delta[w] * x[w])
+        Bm, Cm = Bm[:, g], Cm[:, g]                                     # [L, H, N]
+    for k, ((w, end), q) in enumerate(zip(windows, recall)):
+        ts = np.append(times[times >= w], q)                            # the time points, then the recall
+        term = 0.0
+        for s in range(w, end):
+            on = (ts >= s)[:, None]                                     # [T', 1] the step's input is in
+            if head:                                                    # [T', H, P, N]
+                decay = np.exp(A[None] * (S[ts] - S[s])) * on           # [T', H]
+                term = term + decay[:, :, None, None] * (delta[s][:, None] * x[s])[None, :, :, None] \
+                    * Bm[s][None, :, None, :]
+            else:                                                       # [T', D, N]
+                decay = np.exp(A[None] * (S[ts] - S[s])[:, :, None]) * on[:, :, None]
+                term = term + decay * (delta[s] * x[s])[None, :, None] * Bm[s][None, None, :]
+        flat = term.reshape(len(ts), U, -1)                             # [T', U, F]
+        per_unit = np.linalg.norm(flat, axis=-1)                        # [T', U]
+        retained[k, times >= w] = np.linalg.norm(per_unit[:-1], axis=-1)
+        holders[k] = per_unit[-1]
+        at_q = term[-1]                                                 # [U, F] or [H, P, N]
+        reads[k] = np.abs(at_q @ Cm[q]) if not head else np.linalg.norm(at_q @ Cm[q][:, :, None], axis=(1, 2))
     return retained, holders, reads
 
 
@@ -108,18 +134,19 @@ def memory_map(lm, task: Task, tokens, max_times: int = MAX_TIMES) -> MemoryMap:
     L = tokens.shape[0]
     writes = np.asarray(pos.writes, dtype=np.int64)
     recall = _recall_steps(pos, L)
-    times = _times(L, writes, recall, max_times)
+    wins = write_windows(writes, recall, lm.config.d_conv, L)
+    times = _times(L, wins, recall, max_times)
     res = run(lm, torch.from_numpy(tokens)[None], include=("delta", "ssm_input", "B", "C", "state_norm"),
               num_last_tokens=1)
     out = {"retained": [], "holders": [], "reads": [], "share": []}
     for mixer_block, rec in zip(lm.backbone.layers, res.records):
-        r, h, rd = _layer_terms(mixer_block.mixer, rec, writes, recall, times)
+        r, h, rd = _layer_terms(mixer_block.mixer, rec, wins, recall, times)
         norm = rec["state_norm"][0].double().cpu().numpy()[recall]      # [K, U]
         out["retained"].append(r)
         out["holders"].append(h)
         out["reads"].append(rd)
         out["share"].append(np.divide(h, norm, out=np.zeros_like(h), where=norm > 0))
-    return MemoryMap(writes=writes, recall=recall, times=times, unit=lm.backbone.layers[0].mixer.unit, **out)
+    return MemoryMap(writes=writes, windows=wins, recall=recall, times=times, unit=lm.backbone.layers[0].mixer.unit, **out)
 
 
 # ---------------------------------------------------------------- causal: one write clamped
@@ -151,7 +178,10 @@ class ClampMatrix:
 def shared_layout_batch(task: Task, n: int, length: int, seed: int = 0, **options) -> np.ndarray:
     """n sequences of the task whose write steps are the same in every row (clamps are per step,
     so one clamp hits the same memory in every row): MQAR's writes are fixed already; selective
-    copying gets row 0's data positions with fresh data tokens in every row. tokens [n, L]."""
+    copying gets row 0's data positions with fresh data tokens in every row; induction heads its
+    trigger at L/4 unless options place it. tokens [n, L]."""
+    if task.name == ind.NAME:
+        options = {"trigger_pos": length // 4, **options}
     b = task.batch(n, length, seed=seed, **options)
     tokens = np.array(b.tokens, copy=True)
     if task.name == sc.NAME:

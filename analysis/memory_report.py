@@ -32,14 +32,6 @@ def _options(lm) -> dict:
     return dict(lm.task.get("options") or {})
 
 
-def kept_at_recall(m, layer: int) -> np.ndarray:
-    """[K] the share of each write's term norm (at its write step) still there at its recall."""
-    r = m.retained[layer]
-    at_w = r[np.arange(len(m.writes)), np.searchsorted(m.times, m.writes)]
-    at_q = r[np.arange(len(m.writes)), np.searchsorted(m.times, m.recall)]
-    return np.divide(at_q, at_w, out=np.zeros_like(at_q), where=at_w > 0)
-
-
 def holder_overlap(m, layer: int, top: int = TOP) -> float:
     """Mean Jaccard overlap of the memories' top-`top` holder sets (1: all in the same units)."""
     sets = [set(m.top_holders(layer, k, top)) for k in range(len(m.writes))]
@@ -69,7 +61,7 @@ def study(lm, length: int, n_seqs: int = 32, seed: int = 0) -> dict:
     shared = shared_layout_batch(task, n_seqs, length, seed=seed + 3, **options)
     layers = []
     for i in range(lm.config.n_layer):
-        kept = kept_at_recall(m, i)
+        kept = m.kept_at_recall(i)
         clamps = {w: clamp_matrix(lm, task, shared, layers=[i], window=w) for w in (1, lm.config.d_conv)}
         layers.append({
             "layer": i, "kept_median": float(np.median(kept)), "kept_min": float(kept.min()),
@@ -91,12 +83,19 @@ def verdict(s: dict, d_conv: int) -> str:
     others = [x for x in s["layers"] if x["layer"] != s["memory_layer"]]
     other = "; ".join(f"in layer {x['layer'] + 1} the same clamp leaves it at {x['clamp'][str(d_conv)]['diagonal']:.0%}"
                       for x in others)
+    several = len(s["writes"]) > 1
+    kept = (f"In that layer a write keeps {L['kept_median']:.0%} of its peak norm until it is recalled (median over "
+            f"memories; the least kept: {L['kept_min']:.0%})")
+    if not several:
+        return (f"Clamping Δ to 0 over the write window [w, w+{d_conv}) in layer {s['memory_layer'] + 1} drops the "
+                f"recall to {c['diagonal']:.0%} (no clamp: {c['baseline']:.0%}){'; ' + other if other else ''}. "
+                f"{kept}; at the recall the memory's term in its top holder is {L['share_top']:.2f}× that unit's "
+                f"state norm (above 1: the rest of the state partly cancels it).")
     return (f"Clamping Δ to 0 over one write's window [w, w+{d_conv}) in layer {s['memory_layer'] + 1} drops that "
             f"memory's recall to {c['diagonal']:.0%} while the other memories stay at {c['off_diagonal']:.0%} "
-            f"(no clamp: {c['baseline']:.0%}){'; ' + other if other else ''}. In that layer a write keeps "
-            f"{L['kept_median']:.0%} of its norm until it is recalled (median over memories; the least kept: "
-            f"{L['kept_min']:.0%}); the memories' top-{TOP} {s['unit']}s overlap by {L['overlap']:.2f} (Jaccard), and "
-            f"the top holder's state is {L['share_top']:.0%} that memory at the recall (median): "
+            f"(no clamp: {c['baseline']:.0%}){'; ' + other if other else ''}. {kept}; the memories' top-{TOP} "
+            f"{s['unit']}s overlap by {L['overlap']:.2f} (Jaccard), and at the recall the top holder's term is "
+            f"{L['share_top']:.2f}× that unit's state norm (median): "
             + ("each memory has units of its own." if L["overlap"] < 0.3 else "memories share units (superposed)."))
 
 
