@@ -30,9 +30,18 @@ from tasks.measures import memory_channels as select_memory_channels
 from .analytic import MEMORY_CHANNELS, MEMORY_LAYER
 from .hidden_attention import MAX_LEN, hidden_attention_for
 
-# the mean over channels computes every channel's [L, L] α̃: measured ~4 s at L = 256 and ~19 s at
-# L = 512 on 2 busy cores, O(L^2), so minutes near 2048 would hold a worker; one channel is ~4 s there
-MEAN_MAX_LEN = 512
+# the mean over channels computes every channel's [L, L] α̃, work ~ D * L^2: the blocked computation
+# (hidden_attention.py) measured 0.4-0.7 s at L = 512 and 6.2 s at L = 2048 for D = 128 on one busy
+# core, so the cap is that much work: L <= 2048 at 128 channels, ~590 at 1536, ~400 at 3072
+MEAN_MAX_WORK = 128 * 2048 ** 2
+
+
+def mean_max_len(n: int) -> int:
+    """The longest sequence whose mean over n units stays within MEAN_MAX_WORK (and MAX_LEN)."""
+    return int(min(MAX_LEN, (MEAN_MAX_WORK / max(n, 1)) ** 0.5))
+
+
+MEAN_MAX_LEN = mean_max_len(128)           # the 2-layer task models' 128 channels
 N_MEMORY_CHANNELS = len(MEMORY_CHANNELS)   # "memory channels" = this many top Δ-ratio channels (16 = |content vocab|)
 MEMORY_HEAD_SHARE = 8                      # Mamba-2: 1 memory head per 8 heads (16 / 128, the channels' share)
 _CACHE: dict = {}
@@ -162,8 +171,9 @@ def attention_map(lm, tokens: np.ndarray, layer: int, channel: Optional[int]) ->
     if channel is not None and not 0 <= channel < D:
         raise ValueError(f"{unit} {channel} is out of range 0..{D - 1}")
     if channel is None:
-        if len(tokens) > MEAN_MAX_LEN:
-            raise ValueError(f"the mean over {unit}s is limited to {MEAN_MAX_LEN} tokens (it computes all {D} "
+        cap = mean_max_len(D)
+        if len(tokens) > cap:
+            raise ValueError(f"the mean over {unit}s is limited to {cap} tokens (it computes all {D} "
                              f"{unit}s' [L, L] maps), got {len(tokens)}: choose one {unit} or a shorter sequence")
         return hidden_attention_for(lm, tokens, layer, reduce="abs_mean")
     return hidden_attention_for(lm, tokens, layer, channels=[channel])[0]
@@ -201,6 +211,6 @@ def run_intervention(lm, tokens: np.ndarray, intervention):
 
 
 __all__ = ["list_checkpoints", "load_named", "QueryPrediction", "prediction", "delta_ratios", "query_summary",
-           "memory_channels", "memory_channel_pairs", "parse_channels", "attention_map", "MEAN_MAX_LEN",
+           "memory_channels", "memory_channel_pairs", "parse_channels", "attention_map", "MEAN_MAX_LEN", "mean_max_len",
            "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of", "unit_name",
            "n_units", "n_memory_units"]

@@ -50,7 +50,7 @@ def chunks(L: int, chunk_len: int, cuts: Sequence[int] = ()) -> Iterator[tuple[i
 @torch.no_grad()
 def run(lm, tokens: Tensor, interventions: Sequence = (), *, include: Sequence[str] = (), states: bool = False,
         num_last_tokens: int = 0, snapshots: Sequence[int] = (), backend: Optional[str] = None,
-        chunk_len: Optional[int] = None) -> RunResult:
+        chunk_len: Optional[int] = None, initial_states: Optional[list] = None) -> RunResult:
     """Run tokens [B, L] through lm with interventions, recording what is asked for.
 
     interventions: ClampDelta / ZeroState / PatchState / AblateSSM (model.interventions).
@@ -60,6 +60,9 @@ def run(lm, tokens: Tensor, interventions: Sequence = (), *, include: Sequence[s
     num_last_tokens: > 0 keeps only the last logits rows (the chunks before still run for their states).
     snapshots: steps t whose every-layer LayerState (just after step t) is returned.
     chunk_len: tokens per chunk (default STREAM_CHUNK).
+    initial_states: [LayerState] * n_layer, each [B, ...], entering the first token (None = zero):
+    continues a run from one of its snapshots; steps and times above are then counted from the
+    first token given here.
     """
     lm._check_tokens(tokens)
     batch, L = tokens.shape
@@ -74,14 +77,19 @@ def run(lm, tokens: Tensor, interventions: Sequence = (), *, include: Sequence[s
         if not 0 <= t < L:
             raise ValueError(f"snapshot step {t} is out of range 0..{L - 1}")
     n_layer = lm.config.n_layer
+    if initial_states is not None and (len(initial_states) != n_layer or any(
+            st.ssm.shape[0] != batch for st in initial_states)):
+        raise ValueError(f"initial_states: one LayerState per layer ({n_layer}) with batch {batch}")
+    if initial_states is not None and any(isinstance(iv, PatchState) for iv in interventions):
+        raise ValueError("PatchState runs its source from step 0; it cannot continue from initial_states")
     sources = {id(iv): _source_state(lm, iv, batch, backend, chunk_len) for iv in interventions
                if isinstance(iv, PatchState) and iv.t > 0}
     edit_steps = [iv.t for iv in interventions if isinstance(iv, STATE_EDITS)]
     snap_at = {t + 1: t for t in snaps}            # a snapshot after step t is the state entering t + 1
 
-    cur, logits, records, out_snaps = None, [], None, {}
+    cur, logits, records, out_snaps = initial_states, [], None, {}
     for s, e in chunks(L, chunk_len, [*edit_steps, *snap_at]):
-        if s > 0:   # t = 0: the state entering step 0 is zero, and so is a clean source's there
+        if cur is not None:   # without initial_states the state entering step 0 is zero, and so is a source's
             cur = state_edits(interventions, s, cur, sources)
         n = e - s
         # with num_last_tokens, a chunk with nothing to keep still runs for its states; its one

@@ -119,5 +119,15 @@ def test_compare_attention_map_and_its_limits(analytic):
     assert compare.attention_map(analytic, tokens, 1, None).shape == (48, 48)
     with pytest.raises(ValueError, match="layer 3 is out of range 1..2"):
         compare.attention_map(analytic, tokens, 2, 0)
-    with pytest.raises(ValueError, match=f"limited to {compare.MEAN_MAX_LEN} tokens"):
-        compare.attention_map(analytic, np.zeros(compare.MEAN_MAX_LEN + 1, dtype=np.int64), 0, None)
+    assert compare.mean_max_len(128) == 2048 and compare.mean_max_len(1536) == 591   # work ~ units * L^2
+    with pytest.raises(ValueError, match="needs a sequence of at most 2048 tokens"):
+        compare.attention_map(analytic, np.zeros(2049, dtype=np.int64), 0, None)
+
+
+def test_channel_mean_is_capped_by_its_work(analytic, monkeypatch):
+    monkeypatch.setattr(compare, "MEAN_MAX_WORK", 128 * 40 ** 2)             # 40 tokens at 128 channels
+    tokens = INDUCTION.batch(1, 41, seed=1, trigger_pos=10).tokens[0]
+    assert compare.attention_map(analytic, tokens[:40], 0, None).shape == (40, 40)
+    with pytest.raises(ValueError, match="the mean over channels is limited to 40 tokens"):
+        compare.attention_map(analytic, tokens, 0, None)
+    assert compare.attention_map(analytic, tokens, 0, 5).shape == (41, 41)   # one channel is not capped there

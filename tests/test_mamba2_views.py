@@ -99,7 +99,8 @@ def test_round_trip_and_hook_names(lm, tmp_path):
         keys = set(f.keys())
     hooks = {"hook_ssm_input", "hook_delta", "hook_decay", "hook_B", "hook_C", "hook_state_norm",
              "hook_ssm_output", "hook_resid_post", "hook_h"}
-    assert keys == {f"blocks.{i}.{h}" for i in range(2) for h in hooks} | {"tokens", "hook_logits", "hook_probs"}
+    assert keys == {f"blocks.{i}.{h}" for i in range(2) for h in hooks} | {"tokens", "hook_logits", "hook_probs", "hook_top_k_ids",
+                                                                            "hook_top_k_probs", "hook_p_next", "hook_logp_next"}
 
 
 def test_include_and_the_states_cap(lm):

@@ -121,6 +121,17 @@ def test_snapshots_are_the_states_of_a_stream_split_there(lm, tokens):
     assert close(res.logits, run(lm, tokens).logits)
 
 
+def test_a_run_continued_from_its_snapshot_is_the_uninterrupted_run(lm, tokens):
+    full = run(lm, tokens, snapshots=[19], include=("delta",))
+    rest = run(lm, tokens[:, 20:], initial_states=full.snapshots[19], include=("delta",))
+    assert close(rest.logits, full.logits[:, 20:])
+    assert close(rest.records[1]["delta"], full.records[1]["delta"][:, 20:])
+    with pytest.raises(ValueError, match="one LayerState per layer"):
+        run(lm, tokens[:1, 20:], initial_states=full.snapshots[19])
+    with pytest.raises(ValueError, match="PatchState runs its source from step 0"):
+        run(lm, tokens[:, 20:], [PatchState(0, [0], 3, tokens)], initial_states=full.snapshots[19])
+
+
 def test_a_snapshot_keeps_its_values_when_the_state_is_edited_later(lm, tokens):
     clean = run(lm, tokens, snapshots=[20])
     edited = run(lm, tokens, [ZeroState(1, list(range(128)), t=21)], snapshots=[20, 21])
