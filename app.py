@@ -200,16 +200,25 @@ def build_ui() -> gr.Blocks:
                 with gr.Row():
                     corrupted = gr.Textbox(label="corrupted sequence (as long as the clean one)", lines=3,
                                            max_lines=8, elem_id="corrupted")
-                    with gr.Column(min_width=260):
+                    with gr.Column(min_width=260, visible=induction_ui, elem_id="corrupt-induction"):
                         with gr.Row():
                             c_mem = gr.Number(0, label="memory token", precision=0, min_width=100)
                             c_mem_btn = gr.Button("Corrupt: set M", elem_id="corrupt-memory")
                         with gr.Row():
                             c_pos = gr.Number(10, label="trigger position", precision=0, min_width=100)
                             c_pos_btn = gr.Button("Corrupt: move S M", elem_id="corrupt-trigger")
+                    with gr.Column(min_width=260, visible=not induction_ui, elem_id="corrupt-any"):
+                        ce_kind = gr.Dropdown(patching.edit_kinds(), value=patching.edit_kinds()[0],
+                                              label="corrupt the clean sequence", elem_id="corrupt-kind")
+                        with gr.Row():
+                            ce_a = gr.Number(1, label="a", precision=0, min_width=80)
+                            ce_b = gr.Number(0, label="b", precision=0, min_width=80)
+                            ce_btn = gr.Button("Corrupt", elem_id="corrupt-edit")
                 with gr.Row():
                     p_kind = gr.Radio(list(patching.KINDS), value=list(patching.KINDS)[0], label="restore",
                                       elem_id="patch-kind")
+                    p_step = gr.Number(None, label="read after step t (empty = chosen, see the summary)",
+                                       precision=0, elem_id="patch-step")
                     p_btn = gr.Button("Run patching", variant="primary", elem_id="run-patching")
                 p_md = gr.Markdown(elem_id="patching-summary")
                 p_heat = gr.Plot(show_label=False, elem_id="patching-heatmap")
@@ -248,6 +257,8 @@ def build_ui() -> gr.Blocks:
                             "depth does the answer first become the top-1 prediction?")
                 with gr.Row():
                     top_k = gr.Number(3, label=f"top-k (1..{lens.TOP_K_MAX})", precision=0, elem_id="lens-k")
+                    lens_step = gr.Number(None, label="read at step t (empty = chosen, see the summary)",
+                                          precision=0, elem_id="lens-step")
                     lens_btn = gr.Button("Show the logit lens", variant="primary", elem_id="run-lens")
                 lens_md = gr.Markdown(elem_id="lens-summary")
                 lens_plot = gr.Plot(show_label=False, elem_id="lens-chart")
@@ -291,8 +302,10 @@ def build_ui() -> gr.Blocks:
              out_file, "figure")
         wire(c_mem_btn.click, patching.corrupt_memory, [text, c_mem], corrupted, "corrupt_memory", light)
         wire(c_pos_btn.click, patching.corrupt_trigger, [text, c_pos], corrupted, "corrupt_trigger", light)
-        wire(p_btn.click, patching.run_patching, [text, corrupted, p_kind], [p_md, p_diff, p_heat], "patching")
-        wire(lens_btn.click, lens.show_lens, [text, top_k], [lens_md, lens_plot], "logit_lens")
+        wire(ce_btn.click, patching.corrupt_edit, [text, ce_kind, ce_a, ce_b], corrupted, "corrupt_edit", light)
+        wire(p_btn.click, patching.run_patching, [text, corrupted, p_kind, p_step], [p_md, p_diff, p_heat],
+             "patching")
+        wire(lens_btn.click, lens.show_lens, [text, top_k, lens_step], [lens_md, lens_plot], "logit_lens")
         wire(mm_btn.click, memory.show_memories, [text, mm_layer, mm_view], [mm_md, mm_ret, mm_hold], "memories")
         wire(mm_clamp.click, memory.show_clamp, [text, mm_layer, mm_win], [mm_cmd, mm_cplot], "clamp_writes")
         wire(wire(ed_btn.click, memory.apply_edit, [text, ed_kind, ed_a, ed_b], text, "task_edit", light).success,

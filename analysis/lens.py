@@ -9,7 +9,11 @@ the answer appear?
 
 The last layer's read-out is the model's own output (the same residual, norm and head), so
 lens.probs[-1] equals the trace's probs. The query is the sequence's first scored query (tasks'
-positions), the answer its target; without one, first_layer is None.
+positions), the answer its target; without one, first_layer is None. step= reads another scored
+query. A plain LM (tasks.IdTask; pass task=, a model directory's metadata names none) reads the last
+step by default, its answer the model's own top-1 there (the token after the text is not known:
+from which layer on is the final answer the top-1?), or at step < L - 1 the actual next token;
+`how` says which.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from model import run
-from tasks import MAX_LEN
+from tasks import MAX_LEN, IdTask, Task
 
 from .compare import task_of
 
@@ -36,6 +40,7 @@ class Lens:
     query: Optional[int]           # the scored query's step, or None
     target: Optional[int]          # its expected token, or None
     first_layer: Optional[int]     # first layer (0-based) whose top-1 at the query is the target
+    how: str = ""                  # which query and target, in words
 
     @property
     def n_layer(self) -> int:
@@ -51,8 +56,9 @@ def read_out(lm, resid: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
 
-def logit_lens(lm, tokens, k: int = TOP_K) -> Lens:
-    """The lens of one sequence (see the module docstring). tokens: [L] ints."""
+def logit_lens(lm, tokens, k: int = TOP_K, step: Optional[int] = None, task: Optional[Task] = None) -> Lens:
+    """The lens of one sequence (see the module docstring). tokens: [L] ints; step: the query to read
+    (None: the task's first scored query, a plain LM's last step); task: default task_of(lm)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 1 or tokens.size == 0:
         raise ValueError(f"one non-empty sequence of token ids, got shape {tokens.shape}")
@@ -67,11 +73,31 @@ def logit_lens(lm, tokens, k: int = TOP_K) -> Lens:
     res = run(lm, torch.from_numpy(tokens)[None].to(lm.device), include=("resid_post",))
     probs = torch.stack([read_out(lm, r["resid_post"][0]) for r in res.records])      # [n_layer, L, V]
     top_p, top_ids = torch.topk(probs, k, dim=-1)                                      # [n_layer, L, k]
-    scored = task_of(lm).positions(tokens).scored
-    query, target = (int(scored[0][0]), int(scored[0][1])) if scored else (None, None)
+    query, target, how = _query(task or task_of(lm), tokens, step, top_ids[-1, :, 0].cpu().numpy())
     first = None
     if query is not None:
         hits = np.flatnonzero(top_ids[:, query, 0].cpu().numpy() == target)
         first = int(hits[0]) if hits.size else None
     return Lens(probs.cpu().numpy(), top_ids.cpu().numpy().astype(np.int64), top_p.cpu().numpy(), query, target,
-                first)
+                first, how)
+
+
+def _query(task: Task, tokens: np.ndarray, step: Optional[int], final_top: np.ndarray) -> tuple:
+    """(query step, target, how) per the module docstring; final_top [L] the last layer's top-1."""
+    L = tokens.size
+    if step is not None and not 0 <= step < L:
+        raise ValueError(f"query step {step} is out of range 0..{L - 1}")
+    if isinstance(task, IdTask):
+        if step is None or step == L - 1:
+            return L - 1, int(final_top[L - 1]), f"the model's own top-1 at the last step t = {L - 1}"
+        return int(step), int(tokens[step + 1]), f"the actual next token at t = {step}"
+    scored = task.positions(tokens).scored
+    if step is None:
+        return (int(scored[0][0]), int(scored[0][1]), f"the first scored query, t = {scored[0][0]}") if scored \
+            else (None, None, "")
+    at = dict(scored)
+    if step not in at:
+        shown = ", ".join(str(q) for q, _ in scored[:8]) + (" …" if len(scored) > 8 else "")
+        raise ValueError(f"step {step} is not a scored query of the sequence (queries with an answer: "
+                         f"t = {shown or 'none'})")
+    return int(step), int(at[step]), f"the query at t = {step}"

@@ -3,13 +3,18 @@
     ?gen=256,-1,-1,0,1,0,0&sort=ratio&bins=64&layers=1,2&stat=max&tab=explore&model=1a2b3c4d5e6f
     (also ckpt= and cmp=: the Mechanism tab's two checkpoints; from= and to=: the time window)
     ?seq=3,7,1,S,9,4,S&from=2&to=6 ...        # a short sequence, token by token
+    ?text=The+cat+sat%2C+on+the+mat ...       # a text model's text, exactly as typed (URL-encoded)
     ?h=9f86d081884c7d65 ...                   # a long sequence the server has seen, by hash
 
 The sequence goes in as the generator's settings when the text box holds exactly what they
-generate (any length up to 2^16 in ~20 characters), else token by token up to URL_TOKENS
-tokens, else as HASH_DIGITS hex digits of its sha256: the server keeps the last SEEN_MAX
+generate (induction heads; any length up to 2^16 in ~20 characters), else token by token up to
+URL_TOKENS tokens, else as HASH_DIGITS hex digits of its sha256: the server keeps the last SEEN_MAX
 sequences it made links for (in memory, since its start); an unknown hash opens the default
-view and says why. Never 65k tokens in a URL.
+view and says why. Never 65k tokens in a URL. A text model (a tokenizer.json: tasks.TextTask) gets
+its text itself, not its tokens: decoded tokens joined by commas would not give the text back (its
+spaces and commas are part of the tokens), and re-encoding decoded text need not give the same
+ids. Up to URL_TOKENS tokens and URL_TEXT_CHARS characters once encoded it travels as `text=`;
+beyond, the text is kept by hash like a long sequence.
 
 `link(...)` (the "copy link" button) mirrors the widgets; `open_link(query)` returns the widget
 values a query string sets; `restore(request)` is the page's load event (gr.Request.query_params).
@@ -23,23 +28,25 @@ import threading
 from collections import OrderedDict
 from dataclasses import astuple, dataclass, fields, replace
 from typing import Optional
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote_plus, urlencode
 
 import gradio as gr
 import numpy as np
 
 from tasks import induction as ind
+from tasks import parse_ids
 from viz.frames import MAX_BINS_DEFAULT, MAX_BINS_LIMIT
 
 from . import common, explore, mechanism
 
 URL_TOKENS = 1024                        # at most this many tokens written out in a link (~3 KB)
+URL_TEXT_CHARS = 8192                    # a text model's text, URL-encoded, at most (the query stays < QUERY_CHARS)
 HASH_DIGITS = 16
 SEEN_MAX = 512                           # sequences remembered for hash links (LRU) ...
-SEEN_TOKENS = 1 << 23                    # ... holding at most 8M tokens (int16: 16 MiB)
+SEEN_BYTES = 1 << 24                     # ... holding at most 16 MiB (8M int16 tokens)
 QUERY_CHARS = 16_384                     # a longer query string is not one of ours
 TABS = ("explore", "mechanism", "patching", "memories", "lens")
-_SEEN: OrderedDict = OrderedDict()       # hash -> int16 tokens
+_SEEN: OrderedDict = OrderedDict()       # hash -> tokens (int16, or int32 above 32,767) or a text model's text
 _LOCK = threading.Lock()
 
 
@@ -66,29 +73,42 @@ def default_view() -> View:
 
 
 # ---------------------------------------------------------------- sequences by hash
-def sequence_hash(tokens: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:HASH_DIGITS]
+def sequence_hash(tokens) -> str:
+    """HASH_DIGITS hex digits of the sha256 of int64 tokens, or of a text's UTF-8 bytes."""
+    data = tokens.encode("utf-8", "surrogatepass") if isinstance(tokens, str) else \
+        np.asarray(tokens, dtype=np.int64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:HASH_DIGITS]
 
 
-def remember(tokens: np.ndarray) -> str:
-    """Keep `tokens` for hash links (least recently used ones go first); returns its hash."""
+def _nbytes(kept) -> int:
+    return len(kept.encode("utf-8", "surrogatepass")) if isinstance(kept, str) else kept.nbytes
+
+
+def remember(tokens) -> str:
+    """Keep `tokens` (or a text model's text) for hash links (least recently used ones go first);
+    returns its hash. Ids above int16's range (a 50k vocabulary) are kept as int32, not wrapped."""
     h = sequence_hash(tokens)
+    if not isinstance(tokens, str):
+        tokens = np.asarray(tokens)
+        tokens = tokens.astype(np.int16 if tokens.size == 0 or tokens.max() < 1 << 15 else np.int32)
     with _LOCK:
-        _SEEN[h] = np.asarray(tokens, dtype=np.int16)
+        _SEEN[h] = tokens
         _SEEN.move_to_end(h)
-        while len(_SEEN) > SEEN_MAX or sum(a.size for a in _SEEN.values()) > SEEN_TOKENS:
+        while len(_SEEN) > SEEN_MAX or sum(_nbytes(a) for a in _SEEN.values()) > SEEN_BYTES:
             _SEEN.popitem(last=False)
     return h
 
 
-def recall(h: str) -> np.ndarray:
+def recall(h: str):
+    """The tokens (int64 [L]) or the text (str) kept under hash `h`."""
     with _LOCK:
         if h not in _SEEN:
             raise ValueError(f"the link's sequence {common.shown(h, 20)} is not known to this server (it keeps the "
                              f"last {SEEN_MAX} long sequences it made links for, since its start): the default "
                              "sequence is shown; links to generated sequences keep working")
         _SEEN.move_to_end(h)
-        return _SEEN[h].astype(np.int64)
+        kept = _SEEN[h]
+        return kept if isinstance(kept, str) else kept.astype(np.int64)
 
 
 # ---------------------------------------------------------------- widgets -> query string
@@ -104,8 +124,16 @@ def _generator(values) -> Optional[ind.Generator]:
         return None
 
 
-def _sequence_query(tokens: np.ndarray, g: Optional[ind.Generator]) -> dict:
-    if g is not None:
+def _is_text() -> bool:
+    return common.MODEL.task.name == "text"
+
+
+def _sequence_query(tokens: np.ndarray, g: Optional[ind.Generator], text: str) -> dict:
+    if _is_text():                               # the text itself: its tokens would not give it back
+        if len(tokens) <= URL_TOKENS and len(quote_plus(text, safe=",")) <= URL_TEXT_CHARS:
+            return {"text": text}
+        return {"h": remember(text)}
+    if g is not None and common.MODEL.task.name == ind.NAME:
         try:
             if np.array_equal(ind.INDUCTION.realize(g), tokens):
                 return {"gen": ",".join(str(int(v)) for v in astuple(g))}
@@ -124,7 +152,7 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
     tokens = common.tokens(tokens_text)
     settings = explore.view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
     g = _generator((length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory, memory_in_filler_every))
-    q = _sequence_query(tokens, g)
+    q = _sequence_query(tokens, g, tokens_text)
     q["sort"] = explore.SORTS[common.choice(channel_sort, "channel order", list(explore.SORTS))]   # 'ratio': ASCII
     q["bins"] = settings["max_bins"]
     for key, v in (("from", settings["t_from"]), ("to", settings["t_to"])):
@@ -156,7 +184,11 @@ def parse(query: dict) -> tuple:
         except (ValueError, TypeError, KeyError) as e:
             notes.append(f"`{key}`: {e}" if str(e) else f"`{key}` {common.shown(query[key], 40)} is not valid")
 
+    task = common.MODEL.task
+
     def gen(v):
+        if task.name != ind.NAME:
+            raise ValueError(f"gen makes induction-heads sequences; this model's task is {task.name}")
         parts = v.split(",")
         if len(parts) != len(fields(ind.Generator)):
             raise ValueError(f"gen needs {len(fields(ind.Generator))} comma-separated values")
@@ -168,9 +200,28 @@ def parse(query: dict) -> tuple:
     def whole(v, name, lo=None, hi=None):
         return common.whole(int(v) if v.lstrip("-").isdigit() and len(v) < 20 else v, name, lo, hi)
 
+    def seq(v):
+        if task.name == "text":                  # ids, written out by hand: the text box would encode "3 7" as text
+            return {"text": task.format(parse_ids(v.replace(",", " "), task.vocab_size, {}, common.length_cap()))}
+        return {"text": task.format(common.tokens(v.replace(",", " ")))}
+
+    def text(v):
+        if task.name != "text":
+            raise ValueError("text is for a model with a tokenizer; this model takes "
+                             + ("ids" if common.is_plain_lm() else f"{task.name} tokens") + " (seq=...)")
+        common.tokens(v)                         # the same caps and errors as the text box
+        return {"text": v}
+
+    def hashed(v):
+        kept = recall(v)
+        if isinstance(kept, str):
+            return text(kept)
+        return {"text": task.format(kept)}
+
     take("gen", gen)
-    take("seq", lambda v: {"text": common.MODEL.task.format(common.tokens(v.replace(",", " ")))})
-    take("h", lambda v: {"text": common.MODEL.task.format(recall(v))})
+    take("seq", seq)
+    take("text", text)
+    take("h", hashed)
     by_value = {v: label for label, v in explore.SORTS.items()}             # 'ratio' -> the radio's 'Δ ratio'
     take("sort", lambda v: {"sort": by_value[common.choice(v, "channel order", list(by_value))]})
     take("bins", lambda v: {"bins": whole(v, "time bins", 1, MAX_BINS_LIMIT)})
