@@ -3,12 +3,15 @@ the last one: through the final norm (norm_f) and the head (lm_head). Where alon
 the answer appear?
 
     lens = logit_lens(lm, tokens, k=3)
-    lens.probs       # [n_layer, L, V] the next-token distribution read after each layer
-    lens.top_ids     # [n_layer, L, k] the top-k tokens there (most likely first); lens.top_p alike
+    lens.top_ids     # [n_layer, L, k] the top-k tokens read after each layer (most likely first); top_p alike
+    lens.score       # [n_layer, L] p(answer) read after each layer (p(top-1) without an answer)
+    lens.probs       # [n_layer, L, V] the whole read-out, kept only up to FULL_MAX_ELEMS numbers
     lens.first_layer # the first layer (0-based) whose top-1 at the query is the answer, or None
 
 The last layer's read-out is the model's own output (the same residual, norm and head), so
-lens.probs[-1] equals the trace's probs. The query is the sequence's first scored query (tasks'
+lens.probs[-1] equals the trace's probs. At a 50k vocabulary the whole read-out is what would
+limit the lens (n_layer x L x V numbers: 24 layers, 512 tokens = 2.4 GB), so it is computed a
+layer and HEAD_ROWS steps at a time and only the top-k and the answer's probability are kept. The query is the sequence's first scored query (tasks'
 positions), the answer its target; without one, first_layer is None. step= reads another scored
 query. A plain LM (tasks.IdTask; pass task=, a model directory's metadata names none) reads the last
 step by default, its answer the model's own top-1 there (the token after the text is not known:
@@ -29,22 +32,25 @@ from tasks import MAX_LEN, IdTask, Task
 from .compare import task_of
 
 TOP_K = 3
-MAX_ELEMS = 1 << 26           # n_layer x L x V read-out probabilities, at most (256 MiB of fp32)
+FULL_MAX_ELEMS = 1 << 24      # n_layer x L x V: the whole read-out is kept up to this (64 MiB of fp32)
+MAX_WORK = 1 << 30            # n_layer x L x V head outputs computed, at most (~890 tokens at 24 x 50k)
+HEAD_ROWS = 1024              # steps read out at a time: one [rows, V] block is the only big temporary
 
 
 @dataclass
 class Lens:
-    probs: np.ndarray              # [n_layer, L, V]
     top_ids: np.ndarray            # [n_layer, L, k] int64, most likely first
     top_p: np.ndarray              # [n_layer, L, k]
+    score: np.ndarray              # [n_layer, L] p(target) after each layer (p(top-1) without a target)
     query: Optional[int]           # the scored query's step, or None
     target: Optional[int]          # its expected token, or None
     first_layer: Optional[int]     # first layer (0-based) whose top-1 at the query is the target
     how: str = ""                  # which query and target, in words
+    probs: Optional[np.ndarray] = None    # [n_layer, L, V] when n_layer x L x V <= FULL_MAX_ELEMS
 
     @property
     def n_layer(self) -> int:
-        return int(self.probs.shape[0])
+        return int(self.top_ids.shape[0])
 
 
 @torch.no_grad()
@@ -67,19 +73,38 @@ def logit_lens(lm, tokens, k: int = TOP_K, step: Optional[int] = None, task: Opt
     V, n_layer = lm.config.vocab_size, lm.config.n_layer
     if not 1 <= k <= V:
         raise ValueError(f"top-k {k} is out of range 1..{V}")
-    if n_layer * tokens.size * V > MAX_ELEMS:
+    if n_layer * tokens.size * V > MAX_WORK:
         raise ValueError(f"the lens of {tokens.size:,} tokens x {n_layer} layers x {V:,} tokens of vocabulary is over "
-                         f"{MAX_ELEMS:,} numbers: choose at most {MAX_ELEMS // (n_layer * V):,} tokens")
+                         f"{MAX_WORK:,} read-out numbers: choose at most {MAX_WORK // (n_layer * V):,} tokens")
     res = run(lm, torch.from_numpy(tokens)[None].to(lm.device), include=("resid_post",))
-    probs = torch.stack([read_out(lm, r["resid_post"][0]) for r in res.records])      # [n_layer, L, V]
-    top_p, top_ids = torch.topk(probs, k, dim=-1)                                      # [n_layer, L, k]
-    query, target, how = _query(task or task_of(lm), tokens, step, top_ids[-1, :, 0].cpu().numpy())
+    resid = [r["resid_post"][0] for r in res.records]                                 # n_layer x [L, d_model]
+    keep = n_layer * tokens.size * V <= FULL_MAX_ELEMS
+    last = _layer(lm, resid[-1], k, None, keep)                                        # the answer needs the output's top-1
+    query, target, how = _query(task or task_of(lm), tokens, step, last[0][:, 0])
+    layers = [_layer(lm, r, k, target, keep) for r in resid]                           # (ids, p, score, probs) each
+    top_ids, top_p = np.stack([a[0] for a in layers]), np.stack([a[1] for a in layers])   # [n_layer, L, k]
     first = None
     if query is not None:
-        hits = np.flatnonzero(top_ids[:, query, 0].cpu().numpy() == target)
+        hits = np.flatnonzero(top_ids[:, query, 0] == target)
         first = int(hits[0]) if hits.size else None
-    return Lens(probs.cpu().numpy(), top_ids.cpu().numpy().astype(np.int64), top_p.cpu().numpy(), query, target,
-                first, how)
+    return Lens(top_ids, top_p, np.stack([a[2] for a in layers]), query, target, first, how,
+                np.stack([a[3] for a in layers]) if keep else None)
+
+
+def _layer(lm, resid: torch.Tensor, k: int, target: Optional[int], keep: bool) -> tuple:
+    """One layer's read-out, HEAD_ROWS steps at a time: (top ids [L, k] int64, top p [L, k],
+    p(target) or p(top-1) [L], the probabilities [L, V] or None)."""
+    ids, ps, score, full = [], [], [], []
+    for s in range(0, resid.shape[0], HEAD_ROWS):
+        p = read_out(lm, resid[s:s + HEAD_ROWS])                                       # [rows, V]
+        tp, ti = torch.topk(p, k, dim=-1)
+        ids.append(ti)
+        ps.append(tp)
+        score.append(p[:, target] if target is not None else tp[:, 0])
+        if keep:
+            full.append(p)
+    cat = lambda xs: torch.cat(xs).cpu().numpy()                                       # noqa: E731
+    return cat(ids).astype(np.int64), cat(ps), cat(score), cat(full) if keep else None
 
 
 def _query(task: Task, tokens: np.ndarray, step: Optional[int], final_top: np.ndarray) -> tuple:

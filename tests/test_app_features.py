@@ -169,6 +169,7 @@ def test_logit_lens_matches_a_pass_through_the_blocks(lm):
             p = torch.softmax(logits, -1).numpy()
             assert np.allclose(lens.probs[i], p, atol=1e-5)
             assert np.array_equal(lens.top_ids[i, :, 0], p.argmax(-1))
+            assert np.allclose(lens.score[i], p[:, lens.target], atol=1e-6)
     assert np.allclose(lens.probs[-1], trace(lm, tokens, include=()).probs, atol=1e-6)    # the model's own output
     q, target = INDUCTION.positions(tokens).scored[0]
     assert (lens.query, lens.target) == (q, target)
@@ -177,15 +178,31 @@ def test_logit_lens_matches_a_pass_through_the_blocks(lm):
     assert np.all(np.diff(lens.top_p, axis=-1) <= 0)
 
 
+def test_logit_lens_without_the_full_read_out_keeps_the_same_numbers(lm, monkeypatch):
+    """A 50k vocabulary would not fit the whole read-out: top-k and p(target) are kept blockwise."""
+    import analysis.lens as lens_mod
+    tokens = INDUCTION.realize(Generator(length=40, seed=5))
+    full = lens_mod.logit_lens(lm, tokens, k=3)
+    monkeypatch.setattr(lens_mod, "FULL_MAX_ELEMS", 0)
+    monkeypatch.setattr(lens_mod, "HEAD_ROWS", 7)                                   # blocks not dividing L
+    part = lens_mod.logit_lens(lm, tokens, k=3)
+    assert part.probs is None and full.probs is not None
+    assert np.array_equal(part.top_ids, full.top_ids) and np.allclose(part.score, full.score, atol=1e-7)
+    assert (part.query, part.target, part.first_layer) == (full.query, full.target, full.first_layer)
+    monkeypatch.setattr(lens_mod, "MAX_WORK", 2 * 39 * 17)
+    with pytest.raises(ValueError, match="choose at most 39 tokens"):
+        lens_mod.logit_lens(lm, tokens, k=3)
+
+
 def test_lens_chart_spec(lm):
     from analysis.lens import logit_lens
     from viz.lens import lens_chart, lens_frame
     tokens = INDUCTION.realize(Generator(length=300, seed=5))
     lens = logit_lens(lm, tokens)
-    frame, width = lens_frame(lens.probs, lens.top_ids, lens.top_p, INDUCTION.labels, lens.target, max_bins=100)
+    frame, width = lens_frame(lens.score, lens.top_ids, lens.top_p, INDUCTION.labels, lens.target, max_bins=100)
     assert width == 3 and len(frame) == 2 * 100
     assert frame["p"].max() == pytest.approx(lens.probs[:, :, lens.target].max(), rel=1e-6)
-    spec = lens_chart(lens.probs, lens.top_ids, lens.top_p, INDUCTION.labels, lens.target, lens.query,
+    spec = lens_chart(lens.score, lens.top_ids, lens.top_p, INDUCTION.labels, lens.target, lens.query,
                       lens.first_layer).to_dict()                    # validates against the schema
     assert "first the top-1 at the query after layer 2" in json.dumps(spec)
 

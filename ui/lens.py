@@ -35,7 +35,7 @@ def chart_of(tokens_text, top_k, query_step=None):
         what = "Query" if not common.is_plain_lm(task) else "Read"
         md = (f"{what} at t = {lens.query} ({lens.how}), answer **{lab[lens.target]}**: first the top-1 after "
               f"{first}. Top-{k} at the query: {tops}")
-    chart = lens_chart(lens.probs, lens.top_ids, lens.top_p, lab, lens.target, lens.query, lens.first_layer,
+    chart = lens_chart(lens.score, lens.top_ids, lens.top_p, lab, lens.target, lens.query, lens.first_layer,
                        title=f"Logit lens, {common.MODEL.label}")
     return md, chart
 

@@ -1,7 +1,7 @@
 """The logit lens as a chart (numbers from analysis/lens.py, as numpy): a layer x timestep heatmap
 of p(target) read after each layer, with each cell's top-k tokens in its tooltip.
 
-    lens_chart(probs, top_ids, top_p, labels, target=13, query=255, first_layer=1)
+    lens_chart(score, top_ids, top_p, labels, target=13, query=255, first_layer=1)
 
 Time is binned as in the dashboard (viz/frames.time_bins); a binned cell shows the bin's max of
 p(target) and the top-k of the bin's step with the largest p(target). A ring marks the query.
@@ -21,16 +21,18 @@ WIDTH = 640
 MAX_BINS = 256
 
 
-def lens_frame(probs: np.ndarray, top_ids: np.ndarray, top_p: np.ndarray, labels, target: Optional[int],
+def lens_frame(score: np.ndarray, top_ids: np.ndarray, top_p: np.ndarray, labels, target: Optional[int],
                max_bins: int = MAX_BINS) -> tuple:
     """-> (one row per (layer, bin): layer, t, t_end, p (p(target), or p(top-1) without a target), top
-    (the top-k as 'S 0.91, 3 0.05'); the bin width). probs [n_layer, L, V]; top_* [n_layer, L, k]."""
-    n_layer, L, _ = probs.shape
+    (the top-k as 'S 0.91, 3 0.05'); the bin width). score [n_layer, L] that p (analysis/lens.py's
+    Lens.score); top_* [n_layer, L, k]."""
+    n_layer, L = score.shape
     bins = time_bins(0, L, max_bins)
     labels = np.asarray(labels, dtype=object)
     rows = []
+    all_scores = score
     for i in range(n_layer):
-        score = probs[i, :, target] if target is not None else top_p[i, :, 0]          # [L]
+        score = all_scores[i]                                                          # [L]
         idx = bins.start - bins.t0
         best = np.array([s + int(np.argmax(score[s:e])) for s, e in zip(bins.start, bins.end)])   # step per bin
         top = [", ".join(f"{labels[v]} {q:.2f}" for v, q in zip(top_ids[i, t], top_p[i, t])) for t in best]
@@ -40,13 +42,13 @@ def lens_frame(probs: np.ndarray, top_ids: np.ndarray, top_p: np.ndarray, labels
     return pd.concat(rows, ignore_index=True), bins.width
 
 
-def lens_chart(probs: np.ndarray, top_ids: np.ndarray, top_p: np.ndarray, labels, target: Optional[int] = None,
+def lens_chart(score: np.ndarray, top_ids: np.ndarray, top_p: np.ndarray, labels, target: Optional[int] = None,
                query: Optional[int] = None, first_layer: Optional[int] = None,
                title: str = "Logit lens", max_bins: int = MAX_BINS) -> alt.LayerChart:
     """Heatmap of p(target) (p(top-1) without a target) per layer and step; the top-1 token written
     in each cell when there are at most 64 columns; the query ringed."""
-    frame, width = lens_frame(probs, top_ids, top_p, labels, target, max_bins)
-    n_layer, L, _ = probs.shape
+    frame, width = lens_frame(score, top_ids, top_p, labels, target, max_bins)
+    n_layer, L = score.shape
     what = f"p(target {labels[target]})" if target is not None else "p(top-1)"
     note = "per timestep" if width == 1 else f"max over {width}-step bins"
     base = alt.Chart(inline_csv(frame, numeric=("t", "t_end", "p")), width=WIDTH, height=34 * n_layer).encode(
