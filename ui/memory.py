@@ -10,6 +10,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 from analysis.memory_lab import clamp_matrix, memory_map
+from tasks import induction as ind
 from tasks import mqar as mq
 from tasks import selective_copy as sc
 from viz import charts
@@ -115,7 +116,16 @@ def _repeat_key(tokens, a, b):
     return mq.repeat_key(tokens, common.whole(a, "key", 0), common.whole(b, "position", 0))
 
 
-EDITS = {sc.NAME: {"move data token #a to position b": _move_data, "set data token #a to b": _set_data},
+def _set_memory(tokens, a, b):
+    return ind.set_memory_token(tokens, common.whole(b, "memory token", 0))
+
+
+def _move_trigger(tokens, a, b):
+    return ind.move_trigger(tokens, common.whole(b, "trigger position", 0))
+
+
+EDITS = {ind.NAME: {"set the memory token M to b": _set_memory, "move the S M pair to position b": _move_trigger},
+         sc.NAME: {"move data token #a to position b": _move_data, "set data token #a to b": _set_data},
          mq.NAME: {"set key a's value to b": _set_value, "ask for key a again at position b": _repeat_key}}
 
 
