@@ -217,8 +217,8 @@ def build_ui() -> gr.Blocks:
                 with gr.Row():
                     p_kind = gr.Radio(list(patching.KINDS), value=list(patching.KINDS)[0], label="restore",
                                       elem_id="patch-kind")
-                    p_step = gr.Number(None, label="read after step t (empty = chosen, see the summary)",
-                                       precision=0, elem_id="patch-step")
+                    p_step = gr.Textbox("", label="read after step t (empty = chosen, see the summary)",
+                                        max_lines=1, elem_id="patch-step")
                     p_btn = gr.Button("Run patching", variant="primary", elem_id="run-patching")
                 p_md = gr.Markdown(elem_id="patching-summary")
                 p_heat = gr.Plot(show_label=False, elem_id="patching-heatmap")
@@ -257,8 +257,8 @@ def build_ui() -> gr.Blocks:
                             "depth does the answer first become the top-1 prediction?")
                 with gr.Row():
                     top_k = gr.Number(3, label=f"top-k (1..{lens.TOP_K_MAX})", precision=0, elem_id="lens-k")
-                    lens_step = gr.Number(None, label="read at step t (empty = chosen, see the summary)",
-                                          precision=0, elem_id="lens-step")
+                    lens_step = gr.Textbox("", label="read at step t (empty = chosen, see the summary)",
+                                           max_lines=1, elem_id="lens-step")
                     lens_btn = gr.Button("Show the logit lens", variant="primary", elem_id="run-lens")
                 lens_md = gr.Markdown(elem_id="lens-summary")
                 lens_plot = gr.Plot(show_label=False, elem_id="lens-chart")

@@ -114,7 +114,8 @@ def render(s: dict, label: str, d_conv: int) -> str:
                      f"{x['share_top']:.0%} | {x['ratio_median']:.3g} | {c1['diagonal']:.0%} / {c1['off_diagonal']:.0%} / "
                      f"{c1['baseline']:.0%} | {cw['diagonal']:.0%} / {cw['off_diagonal']:.0%} / {cw['baseline']:.0%} |")
     lines += ["", "Write kept at recall: the norm of the write's exact term in the layer's state at its recall over "
-              "its norm at the write (analysis/memory_lab.py). Clamp: Δ = 0 in every unit of the layer over "
+              "its peak during its write window [w, w + d_conv) (analysis/memory_lab.py; top holder's share: that term's norm over "
+              "the unit's whole state norm there, median over memories). Clamp: Δ = 0 in every unit of the layer over "
               "[w, w + n) for one write at a time, every query scored; own = that memory's queries, others = the rest.",
               "", f"![retention]({s['task']}/retention.png)", "", f"![holders]({s['task']}/holders.png)", "",
               f"![clamp]({s['task']}/clamp.png)", ""]

@@ -243,3 +243,14 @@ def test_patching_tab_shows_the_corruptions_of_the_models_task(which, tmp_path, 
         assert [c[0] for c in by_id["corrupt-kind"].choices] == [
             "set key a's value to b", "ask for key a again at position b", *ui_patching.ANY_MODEL]
     assert by_id["patch-step"].value is None and by_id["lens-step"].value is None
+
+
+def test_the_step_box_takes_text_and_a_blank_means_chosen():
+    """The browser's empty number box sends 0 (a real step), so the step is a text box."""
+    from ui import common
+    assert common.optional_whole("", "query step", 0, 9) is None and common.optional_whole(None, "q", 0, 9) is None
+    assert common.optional_whole(" 7 ", "query step", 0, 9) == 7 and common.optional_whole(3, "q", 0, 9) == 3
+    with pytest.raises(ValueError, match="query step must be a whole number or empty, got '٣'"):
+        common.optional_whole("٣", "query step", 0, 9)
+    with pytest.raises(ValueError, match="out of range"):
+        common.optional_whole("12", "query step", 0, 9)

@@ -223,6 +223,21 @@ def whole(x, field: str, lo: Optional[int] = None, hi: Optional[int] = None, opt
     return _bound(int(x), field, lo, hi)
 
 
+def optional_whole(x, field: str, lo: Optional[int] = None, hi: Optional[int] = None) -> Optional[int]:
+    """A text box that takes an optional whole number (a browser's empty number box sends 0, which
+    cannot mean "not given"): None or blank -> None; ASCII digits (with a leading -) or a whole
+    number -> int in [lo, hi]."""
+    if isinstance(x, str):
+        s = x.strip()
+        if not s:
+            return None
+        body = s[1:] if s.startswith("-") else s
+        if not (body.isascii() and body.isdigit()) or len(body) > 18:
+            raise ValueError(f"{field} must be a whole number or empty, got {shown(x)}")
+        x = int(s)
+    return whole(x, field, lo, hi, optional=True)
+
+
 def number(x, field: str, lo: float, hi: float) -> float:
     """A number widget's value -> a finite float in [lo, hi]."""
     if x is None:

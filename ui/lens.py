@@ -21,7 +21,7 @@ def chart_of(tokens_text, top_k, query_step=None):
     read (None: the task's first scored query; a plain LM's last step)."""
     tokens = common.tokens(tokens_text)
     k = common.whole(top_k, "top-k", 1, TOP_K_MAX)
-    step = common.whole(query_step, "query step", 0, tokens.size - 1, optional=True)
+    step = common.optional_whole(query_step, "query step", 0, tokens.size - 1)
     task = common.MODEL.task
     lens = logit_lens(common.model(), tokens, k=k, step=step, task=task)
     lab = task.labels

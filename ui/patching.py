@@ -114,7 +114,7 @@ def chart_of(tokens_text, corrupted_text, kind, query_step=None):
     query_step: the step whose prediction is scored (None: analysis.patching.readout_for's choice)."""
     clean, corrupted = pair(tokens_text, corrupted_text)
     what = KINDS[common.choice(kind, "patched activation", list(KINDS))]
-    step = common.whole(query_step, "query step", 0, clean.size - 1, optional=True)
+    step = common.optional_whole(query_step, "query step", 0, clean.size - 1)
     lm, task = common.model(), common.MODEL.task
     ro = patching.readout_for(lm, clean, corrupted, step, task)
     cut = ro.step + 1                                   # the steps after the read one cannot change it
