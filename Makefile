@@ -45,10 +45,11 @@ mechanism: $(VENV)/.installed
 	$(VENV)/bin/python -m analysis.mechanism $(MECHANISM_FLAGS)
 	$(VENV)/bin/python -m viz.figures docs/mechanism/figures.json
 
-# docs/memory/<task>.md and figures: the memory lab's report on each many-memory checkpoint
-MEMORY_CHECKPOINTS ?= checkpoints/selective-copy-2layer.safetensors checkpoints/mqar-2layer.safetensors
+# docs/memory/<task>.md and figures: the memory lab's report on each many-memory checkpoint, at the
+# paper's selective-copying context and Zoology's (256, 16) MQAR setting (~3 min on 2 cores)
 memory: $(VENV)/.installed
-	for c in $(MEMORY_CHECKPOINTS); do $(VENV)/bin/python -m analysis.memory_report $$c || exit 1; done
+	$(VENV)/bin/python -m analysis.memory_report checkpoints/selective-copy-2layer.safetensors --length 4096
+	$(VENV)/bin/python -m analysis.memory_report checkpoints/mqar-2layer.safetensors --length 256 --options '{"n_pairs": 16}'
 	for f in docs/memory/*/figures.json; do $(VENV)/bin/python -m viz.figures $$f || exit 1; done
 
 # docs/capacity.md and its plot: MQAR accuracy vs pairs for d_state 4..32 (one training per size)

@@ -52,9 +52,9 @@ def write_ratios(lm, task, tokens: np.ndarray, layer: int) -> np.ndarray:
     return np.array(out)
 
 
-def study(lm, length: int, n_seqs: int = 32, seed: int = 0) -> dict:
+def study(lm, length: int, n_seqs: int = 32, seed: int = 0, options: dict | None = None) -> dict:
     task = task_for(lm.task)
-    options = _options(lm)
+    options = _options(lm) if options is None else options
     right, total = count_correct(lm, length, n_seqs, seed + 1, task=task, options=options)
     example = task.batch(1, length, seed=seed + 2, **options).tokens[0]
     m = memory_map(lm, task, example)
@@ -128,13 +128,20 @@ def main(argv=None):
     ap.add_argument("--length", type=int, default=0, help="L (selective copying: n_ctx); default: the training length")
     ap.add_argument("--seqs", type=int, default=32, help="sequences per measurement")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--options", default="", help='task options as JSON (default: the checkpoint\'s), e.g. \'{"n_pairs": 16}\'')
     ap.add_argument("--out", default=str(ROOT / "docs" / "memory"))
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     lm = load_checkpoint(a.checkpoint).eval()
     if not lm.task or lm.task.get("name") not in ("selective_copying", "mqar", "induction_heads"):
         raise SystemExit(f"{a.checkpoint}: not a task checkpoint (its task: {lm.task.get('name') if lm.task else None})")
-    s = study(lm, a.length or int(lm.task.get("train_len", 256)), a.seqs, a.seed)
+    try:
+        options = json.loads(a.options) if a.options else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--options must be JSON, got {a.options!r} ({e})") from None
+    if options is not None and not isinstance(options, dict):
+        raise SystemExit(f"--options must be a JSON object, got {a.options!r}")
+    s = study(lm, a.length or int(lm.task.get("train_len", 256)), a.seqs, a.seed, options)
     out = Path(a.out)
     (out / s["task"]).mkdir(parents=True, exist_ok=True)
     task = task_for(lm.task)
