@@ -116,7 +116,9 @@ def render(s: dict, label: str, d_conv: int) -> str:
     lines += ["", "Write kept at recall: the norm of the write's exact term in the layer's state at its recall over "
               "its peak during its write window [w, w + d_conv) (analysis/memory_lab.py; top holder's share: that term's norm over "
               "the unit's whole state norm there, median over memories). Clamp: Δ = 0 in every unit of the layer over "
-              "[w, w + n) for one write at a time, every query scored; own = that memory's queries, others = the rest.",
+              "[w, w + n) for one write at a time, every query scored; own = that memory's queries, others = the rest. "
+              "A window longer than the gap between two writes also covers the next write's first steps (MQAR's "
+              "pairs are 2 steps apart): that shows as a second diagonal in the clamp chart.",
               "", f"![retention]({s['task']}/retention.png)", "", f"![holders]({s['task']}/holders.png)", "",
               f"![clamp]({s['task']}/clamp.png)", ""]
     return "\n".join(lines)
