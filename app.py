@@ -68,7 +68,10 @@ def build_ui() -> gr.Blocks:
     induction_ui = task_ui and common.MODEL.task.name == ind.NAME     # the induction generator and edits
     mech_parts = mechanism.task_parts()
     vocab = common.MODEL.task.vocab_size
-    text_label = ("Tokens (0–15, S = trigger 16; spaces or commas)" if task_ui else
+    other_task = {"selective_copying": "Tokens (data 0–15, _ = noise, ? = marker; spaces or commas)",
+                  "mqar": "Tokens (keys 1–4095, values 4096–8191, _ = filler; spaces or commas)"}
+    text_label = (other_task.get(common.MODEL.task.name, "Tokens (0–15, S = trigger 16; spaces or commas)")
+                  if task_ui else
                   f"Text (tokenised by the model's tokenizer.json; at most {common.length_cap():,} tokens)"
                   if common.MODEL.task.name == "text" else f"Token ids 0..{vocab - 1} (spaces or commas)")
     with gr.Blocks(title="mambascope", delete_cache=(storage.MAX_AGE_S, storage.MAX_AGE_S)) as demo:

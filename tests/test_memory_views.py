@@ -106,5 +106,6 @@ def test_app_on_an_mqar_checkpoint_shows_its_presets_and_the_memories_tab(tmp_pa
     assert by_id["run-memories"].visible is not False
     assert by_id["task-edit"].choices[0][0] == "set key a's value to b"
     assert MQAR_TASK.positions(MQAR_TASK.parse(by_id["tokens"].value)).scored
+    assert by_id["tokens"].label.startswith("Tokens (keys 1–4095, values 4096–8191")
     md, ret, hold = memory.show_memories(by_id["tokens"].value, "layer 2", "state held (‖term‖)")
     assert "**4 memories** in layer 2" in md
