@@ -9,7 +9,7 @@ from typing import Optional
 
 from .base import MAX_LEN, Positions, Score, Task, TokenError, parse_ids, score
 from .induction import INDUCTION
-from .mqar import MQAR_TASK
+from .mqar import MQAR_TASK, mqar_task
 from .selective_copy import SELECTIVE_COPYING
 from .text import IdTask, TextTask
 
@@ -21,8 +21,13 @@ def task_for(meta: Optional[dict]) -> Optional[Task]:
     an unknown task."""
     if not isinstance(meta, dict):
         return None
+    if meta.get("name") == MQAR_TASK.name and meta.get("vocab", MQAR_TASK.vocab_size) != MQAR_TASK.vocab_size:
+        try:                           # MQAR at another vocabulary (e.g. the capacity sweep's)
+            return mqar_task(meta["vocab"])
+        except (ValueError, TypeError):
+            return None
     return TASKS.get(meta.get("name"))
 
 
-__all__ = ["Task", "Positions", "Score", "TokenError", "parse_ids", "score", "MAX_LEN", "INDUCTION", "SELECTIVE_COPYING", "MQAR_TASK", "TASKS", "IdTask", "TextTask",
+__all__ = ["Task", "Positions", "Score", "TokenError", "parse_ids", "score", "MAX_LEN", "INDUCTION", "SELECTIVE_COPYING", "MQAR_TASK", "mqar_task", "TASKS", "IdTask", "TextTask",
            "task_for"]

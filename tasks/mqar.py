@@ -1,6 +1,7 @@
 """Multi-query associative recall, MQAR (Zoology, Arora et al. 2023). numpy only.
 
-Vocabulary V = 8192: 0 = filler (shown `_`); keys from 1..V/2-1, values from V/2..V-1. D pairs:
+Vocabulary V = 8192 (Zoology's; `MQAR(vocab)` / `mqar_task(vocab)` for another even V >= 8, stored in
+the checkpoint's task metadata): 0 = filler (shown `_`); keys from 1..V/2-1, values from V/2..V-1. D pairs:
 
     k1 v1 k2 v2 ... kD vD  _ _ k2 _ _ _ k1 _ ...     -> after each key query: its value
 
@@ -13,6 +14,7 @@ Scoring: every query is scored (tasks.score); accuracy = the share of queries an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -124,47 +126,76 @@ PRESET_NOTES = {name: f"{g.n_pairs} key-value pairs, {g.n_pairs} queries in {g.l
                 for name, g in PRESETS.items()}
 
 
-def realize(g: Generator) -> np.ndarray:
+def realize(g: Generator, vocab: int = V_DEFAULT) -> np.ndarray:
     if not 3 <= g.length <= MAX_LEN:
         raise TokenError(f"length {g.length} is out of range 3..{MAX_LEN}")
     if not 0 <= g.seed < 2 ** 63:
         raise TokenError(f"seed {g.seed} is out of range 0..2^63-1")
     try:
-        return mqar_batch(1, g.length, g.n_pairs, seed=g.seed).tokens[0]
+        return mqar_batch(1, g.length, g.n_pairs, vocab=vocab, seed=g.seed).tokens[0]
     except ValueError as e:
         raise TokenError(str(e)) from None
 
 
+VOCAB_MAX = 1 << 20              # a sanity bound on metadata read from a checkpoint
+
+
+def check_vocab(vocab) -> int:
+    """An MQAR vocabulary: an even whole number 8..2^20 (keys and values split it in halves)."""
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)) or not 8 <= vocab <= VOCAB_MAX \
+            or vocab % 2:
+        raise ValueError(f"an MQAR vocabulary must be an even whole number 8..{VOCAB_MAX}, got {vocab!r}")
+    return int(vocab)
+
+
 class MQAR(Task):
     name = NAME
-    vocab_size = V_DEFAULT
-    labels = ("_",) + tuple(str(i) for i in range(1, V_DEFAULT))
     roles = ("filler", "value", "key")
     aliases = {"_": FILLER}
-    hint = f" (keys 1..{V_DEFAULT // 2 - 1}, values {V_DEFAULT // 2}..{V_DEFAULT - 1}, _ = filler), or use a preset"
-    presets = PRESETS
-    preset_notes = PRESET_NOTES
     Generator = Generator
 
+    def __init__(self, vocab: int = V_DEFAULT):
+        V = self.vocab_size = check_vocab(vocab)
+        self.labels = ("_",) + tuple(str(i) for i in range(1, V))
+        self.hint = f" (keys 1..{V // 2 - 1}, values {V // 2}..{V - 1}, _ = filler), or use a preset"
+        # a preset needs D distinct keys: small vocabularies keep the Zoology settings that fit
+        self.presets = {n: g for n, g in PRESETS.items() if g.n_pairs <= V // 2 - 1}
+        self.preset_notes = {n: PRESET_NOTES[n] for n in self.presets}
+
     def positions(self, tokens) -> Positions:
-        return positions(tokens)
+        return positions(tokens, self.vocab_size)
 
     def batch(self, n: int, length: int, seed: int = 0, n_pairs=16, **options) -> MQARBatch:
         """n_pairs: D, or a list of D values, one drawn uniformly per batch (a mixture, as Zoology
-        trains on several settings at once)."""
+        trains on several settings at once). A `vocab` option must name this task's vocabulary."""
+        vocab = options.pop("vocab", self.vocab_size)
+        if vocab != self.vocab_size:
+            raise ValueError(f"vocab {vocab!r} in the task options, but this MQAR task has vocabulary {self.vocab_size}")
         if not isinstance(n_pairs, (int, np.integer)):
             choices = [int(d) for d in n_pairs]
             if not choices:
                 raise ValueError("n_pairs is an empty list")
             g = options.pop("rng", None) or np.random.default_rng(seed)
-            return mqar_batch(n, length, int(g.choice(choices)), rng=g, **options)
-        return mqar_batch(n, length, int(n_pairs), seed=seed, **options)
+            return mqar_batch(n, length, int(g.choice(choices)), vocab=self.vocab_size, rng=g, **options)
+        return mqar_batch(n, length, int(n_pairs), vocab=self.vocab_size, seed=seed, **options)
 
     def realize(self, g: Generator) -> np.ndarray:
-        return realize(g)
+        return realize(g, self.vocab_size)
+
+    def set_value(self, tokens, key: int, value: int) -> np.ndarray:
+        return set_value(tokens, key, value, self.vocab_size)
+
+    def repeat_key(self, tokens, key: int, at: int) -> np.ndarray:
+        return repeat_key(tokens, key, at, self.vocab_size)
 
     def metadata(self, train_len: int = 256, **extra) -> dict:
-        return {"name": NAME, "vocab": V_DEFAULT, "filler_id": FILLER, "train_len": train_len, **extra}
+        return {"name": NAME, "vocab": self.vocab_size, "filler_id": FILLER, "train_len": train_len, **extra}
 
 
-MQAR_TASK = MQAR()
+@lru_cache(maxsize=16)
+def mqar_task(vocab: int = V_DEFAULT) -> MQAR:
+    """The MQAR task at vocabulary `vocab` (one instance per V, so `is` comparisons hold)."""
+    return MQAR(check_vocab(vocab))
+
+
+MQAR_TASK = mqar_task(V_DEFAULT)

@@ -16,8 +16,31 @@ def test_capacity_sweep_writes_results_table_and_figure_data(tmp_path, capsys):
     fig = json.loads((out / "figures.json").read_text())["capacity"]
     assert fig["chart"] == "capacity_chart" and fig["kwargs"]["pairs"] == [1, 3, 1, 3]
     md = (tmp_path / "docs" / "capacity.md").read_text()
-    assert "| d_state N | state per layer | D=1 | D=3 |" in md and "Largest D recalled" in md
+    assert "| d_state N | state per layer | D=1 | D=3 |" in md and "Largest D recalled" in md and "V = 64" in md
+    saved = json.loads((out / "results.json").read_text())["settings"]
+    assert saved["vocab"] == 64 and saved["length"] == 10
+    # a second process with another size adds its rows; --score-only re-scores a trained size
+    capacity.main(["--d-states", "3", "--pairs", "1,3", "--length", "10", "--d-model", "8", "--steps", "2",
+                   "--samples", "3", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    capacity.main(["--d-states", "2", "--pairs", "1,3", "--length", "10", "--d-model", "8", "--steps", "2",
+                   "--samples", "3", "--runs", str(tmp_path / "runs"), "--out", str(out), "--score-only"])
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["d_state"], r["pairs"]) for r in again] == [(2, 1), (2, 3), (3, 1), (3, 3), (4, 1), (4, 3)]
+    assert [r["accuracy"] for r in again if r["d_state"] == 2] == [r["accuracy"] for r in rows if r["d_state"] == 2]
+    with pytest.raises(SystemExit, match="no trained model"):
+        capacity.main(["--d-states", "5", "--pairs", "1", "--length", "10", "--runs", str(tmp_path / "runs"),
+                       "--out", str(out), "--score-only"])
     with pytest.raises(SystemExit, match="does not fit"):
         capacity.main(["--pairs", "50", "--length", "64"])
+    with pytest.raises(SystemExit, match="needs that many distinct keys; --vocab 16 has 7"):
+        capacity.main(["--pairs", "8", "--length", "64", "--vocab", "16"])
+    with pytest.raises(SystemExit, match="--vocab: an MQAR vocabulary must be an even"):
+        capacity.main(["--vocab", "63"])
     with pytest.raises(SystemExit, match="comma-separated whole numbers"):
         capacity.main(["--d-states", "four"])
+
+
+def test_the_pair_mixture_grows_one_d_at_a_time_over_the_first_half():
+    assert capacity.growing_mixture([16, 2, 8, 4], 1200) == {
+        "0": {"n_pairs": [2, 4]}, "300": {"n_pairs": [2, 4, 8]}, "600": {"n_pairs": [2, 4, 8, 16]}}
+    assert capacity.growing_mixture([3], 10) == {"0": {"n_pairs": [3]}}

@@ -180,6 +180,26 @@ def test_options_schedule_changes_the_training_batches_not_the_target(tmp_path):
         TrainConfig(options_schedule='{"soon": {"k": 2}}')
 
 
+def test_lr_schedule_sets_the_optimizer_lr_from_its_steps(tmp_path):
+    cfg = TrainConfig(lr=1e-3, lr_schedule="2:1e-4,5:3e-5")
+    assert [cfg.lr_at(s) for s in (0, 1, 2, 4, 5, 99)] == [1e-3, 1e-3, 1e-4, 1e-4, 3e-5, 3e-5]
+
+    def moved(lr_schedule):             # Adam's first step moves each weight by ~lr whatever the gradient
+        out = tmp_path / (lr_schedule or "const")
+        kw = dict(task="mqar", task_options='{"n_pairs": 2, "vocab": 16}', seed=0, steps=1, batch=2, train_len=12,
+                  eval_every=1, val="12:2", stop_after=100, threads=1, d_model=16, out=str(out))
+        torch.manual_seed(0)
+        before = MambaLM(TrainConfig(**kw).model_config()).state_dict()
+        train(TrainConfig(**kw, lr_schedule=lr_schedule), progress=False)
+        after = load_checkpoint(out / "model.safetensors").state_dict()
+        return max((after[k] - before[k]).abs().max().item() for k in before)
+
+    assert moved("") > 1e-4 and moved("0:1e-8") < 1e-6
+    for bad in ("soon:1e-3", "5:1e-3,2:1e-4", "0:2"):
+        with pytest.raises(ValueError, match="lr_schedule"):
+            TrainConfig(lr_schedule=bad)
+
+
 def test_bad_training_flags_are_named():
     with pytest.raises(ValueError, match="unknown task 'copy'"):
         TrainConfig(task="copy")

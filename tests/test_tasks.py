@@ -295,3 +295,36 @@ def test_mqar_edits_and_errors():
         MQAR_TASK.batch(2, 24, n_pairs=[])
     for g in MQAR_TASK.presets.values():
         assert len(MQAR_TASK.positions(MQAR_TASK.realize(g)).scored) == g.n_pairs
+
+
+def test_mqar_at_another_vocabulary_round_trips_through_metadata():
+    from tasks import mqar_task, task_for
+    small = mqar_task(64)                                    # keys 1..31, values 32..63
+    assert small is mqar_task(64) and small.vocab_size == 64 and len(small.labels) == 64
+    b = small.batch(8, 48, n_pairs=[4, 16], seed=3)
+    assert ((b.keys >= 1) & (b.keys < 32)).all() and ((b.values >= 32) & (b.values < 64)).all()
+    p = small.positions(b.tokens[0])
+    assert p.scored == list(zip(b.queries[0].tolist(), b.answers[0].tolist()))
+    # the default vocabulary would read values 32..63 as keys: the instance's own V must be used
+    assert MQAR_TASK.positions(b.tokens[0]).scored != p.scored
+    assert small.positions(small.set_value(b.tokens[0], int(b.keys[0, 0]), 40)).scored[0][1] in (40, p.scored[0][1])
+    assert task_for(small.metadata(48)) is small and task_for(MQAR_TASK.metadata(64)) is MQAR_TASK
+    assert task_for({"name": "mqar", "vocab": 7}) is None and task_for({"name": "mqar", "vocab": "x"}) is None
+    assert set(small.presets) == {n for n, g in MQAR_TASK.presets.items() if g.n_pairs <= 31}
+    with pytest.raises(TokenError, match="token id 64 is out of range 0..63"):
+        small.parse("1 64")
+    with pytest.raises(ValueError, match="vocab 8192 in the task options"):
+        small.batch(1, 24, n_pairs=2, vocab=8192)
+    with pytest.raises(ValueError, match="even whole number"):
+        mqar_task(9)
+
+
+def test_training_config_takes_mqar_vocab_option():
+    import json
+    from tasks import mqar_task
+    from training.train import TrainConfig
+    cfg = TrainConfig(task="mqar", task_options=json.dumps({"vocab": 64, "n_pairs": [2, 4]}), train_len=32, val="32:4")
+    assert cfg.the_task is mqar_task(64) and cfg.model_config().vocab_size == 64
+    assert cfg.the_task.metadata(32, options=cfg.options())["vocab"] == 64
+    with pytest.raises(ValueError, match="vocab is MQAR's"):
+        TrainConfig(task="selective_copying", task_options=json.dumps({"vocab": 64}), train_len=32, val="32:4").the_task

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import numpy as np
 
 from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
-from tasks import TASKS
+from tasks import MQAR_TASK, TASKS, mqar_task
 
 from .eval import count_correct, query_logits, task_batch
 
@@ -69,6 +69,9 @@ class TrainConfig:
     steps: int = 12000            # upper bound; training stops early once validation holds 100%
     batch: int = 8                # paper, E.1
     lr: float = 1e-3              # Adam, constant, no weight decay (paper, E.1)
+    # lr steps "step:lr,..." (steps increasing): from each step on that lr, before the first --lr; e.g.
+    # "9000:1e-3" lowers it late in a run (a changed --lr-schedule may be given with --resume)
+    lr_schedule: str = ""
     train_len: int = 256          # L in training (paper: 2^8)
     # curriculum "step:len,step:len" (first must be 0:...); empty = train_len throughout
     schedule: str = ""
@@ -105,6 +108,7 @@ class TrainConfig:
         if self.dilation_max < 1:
             raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
         self.length_schedule()
+        self.lr_steps()
         self.options_at(0)
         self.val_sets()
         self.model_config()
@@ -114,6 +118,11 @@ class TrainConfig:
     def the_task(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        vocab = self.options().get("vocab")
+        if vocab is not None:          # a task at another vocabulary (MQAR's `vocab` option)
+            if self.task != MQAR_TASK.name:
+                raise ValueError(f"the task option vocab is MQAR's; {self.task} has a fixed vocabulary")
+            return mqar_task(vocab)
         return TASKS[self.task]
 
     def options(self) -> dict:
@@ -154,6 +163,21 @@ class TrainConfig:
                 any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
             raise ValueError(f"schedule {self.schedule!r}: steps must start at 0 and increase")
         return pairs
+
+    def lr_steps(self) -> list[tuple[int, float]]:
+        if not self.lr_schedule:
+            return []
+        try:
+            pairs = [(int(s), float(v)) for s, v in (item.split(":") for item in self.lr_schedule.split(","))]
+        except ValueError as e:
+            raise ValueError(f"lr_schedule must look like '9000:1e-3,12000:3e-4', got {self.lr_schedule!r}") from e
+        if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])) or any(s < 0 or not 0 < v < 1 for s, v in pairs):
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: steps must be >= 0 and increase, "
+                             "each lr in (0, 1)")
+        return pairs
+
+    def lr_at(self, step: int) -> float:
+        return ([self.lr] + [v for s, v in self.lr_steps() if s <= step])[-1]
 
     def length_at(self, step: int) -> int:
         return [n for s, n in self.length_schedule() if s <= step][-1]
@@ -305,7 +329,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     def save(val: dict):
         task = cfg.the_task.metadata(
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
-            steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, schedule=cfg.schedule,
+            steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
+            schedule=cfg.schedule,
             options_schedule=cfg.options_schedule, dilation_max=cfg.dilation_max,
             dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
@@ -322,6 +347,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if L not in state["lengths_seen"]:
             state["lengths_seen"].append(L)
         b = task_batch(cfg.the_task, cfg.batch, L, gen, cfg.options_at(step))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
         k = 1.0
         if cfg.dilation_max > 1 and state["dilation_start"] is not None and step >= state["dilation_start"]:
             k = float(np.exp(gen.random() * math.log(cfg.dilation_max)))

@@ -109,11 +109,11 @@ def _set_data(tokens, a, b):
 
 
 def _set_value(tokens, a, b):
-    return mq.set_value(tokens, common.whole(a, "key", 0), common.whole(b, "value", 0))
+    return common.MODEL.task.set_value(tokens, common.whole(a, "key", 0), common.whole(b, "value", 0))
 
 
 def _repeat_key(tokens, a, b):
-    return mq.repeat_key(tokens, common.whole(a, "key", 0), common.whole(b, "position", 0))
+    return common.MODEL.task.repeat_key(tokens, common.whole(a, "key", 0), common.whole(b, "position", 0))
 
 
 def _set_memory(tokens, a, b):
