@@ -157,16 +157,23 @@ def report(settings: dict, rows: list) -> str:
              f"V = {V} (keys 1..{V // 2 - 1}, values {V // 2}..{V - 1}; why not Zoology's 8192: "
              "training/capacity.py's docstring); every model trained on the mixture of D values below, then "
              "scored per D on fresh sequences.", "", "![capacity](capacity/capacity.png)", "",
-             "| d_state N | state per layer | " + " | ".join(f"D={d}" for d in pairs) + " |",
-             "|---|---|" + "---|" * len(pairs)]
+             f"Chance is 1/{V // 2} (one of the values).", "",
+             "| d_state N | state per layer | " + " | ".join(f"D={d}" for d in pairs) + " | training (min) |",
+             "|---|---|" + "---|" * len(pairs) + "---|"]
     for N in states:
-        per = next(r["state_per_layer"] for r in rows if r["d_state"] == N)
-        lines.append(f"| {N} | {per} | " + " | ".join(f"{acc[N, d]:.1%}" for d in pairs) + " |")
+        first = next(r for r in rows if r["d_state"] == N)
+        lines.append(f"| {N} | {first['state_per_layer']} | " + " | ".join(f"{acc[N, d]:.1%}" for d in pairs) +
+                     f" | {first['train_minutes']} |")
     breaks = []
     for N in states:
         ok = [d for d in pairs if acc[N, d] >= 0.9]
         breaks.append(f"N={N}: {'none' if not ok else 'up to D=' + str(max(ok))} at >= 90%")
     lines += ["", "Largest D recalled at >= 90%: " + "; ".join(breaks) + ".", ""]
+    half = []
+    for N in states:
+        ok = [d for d in pairs if acc[N, d] >= 0.5]
+        half.append(f"N={N}: {'none' if not ok else 'D=' + str(max(ok))}")
+    lines += ["Largest D recalled at >= 50%: " + "; ".join(half) + ".", ""]
     return "\n".join(lines)
 
 
