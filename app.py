@@ -301,7 +301,8 @@ def build_ui() -> gr.Blocks:
             tab.select(None, None, tab_box, js=f"() => {name!r}")
         wire(b_fig.click, figure.export_figure,
              [fig_of, fig_fmt, fig_dpi, text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b,
-              att_layer, att_ch, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value, corrupted, p_kind, top_k],
+              att_layer, att_ch, iv_kind, iv_layer, iv_ch, iv_t, iv_until, iv_value, corrupted, p_kind, top_k,
+              p_step, lens_step],
              out_file, "figure")
         wire(c_mem_btn.click, patching.corrupt_memory, [text, c_mem], corrupted, "corrupt_memory", light)
         wire(c_pos_btn.click, patching.corrupt_trigger, [text, c_pos], corrupted, "corrupt_trigger", light)

@@ -8,8 +8,10 @@ hidden attention / interventions of one sequence on one checkpoint (numpy out; c
 Checkpoints are the `*.safetensors` files in one folder, loaded lazily once each and then shared
 read-only (eval mode, never mutated): no per-user state. A name outside that folder's listing is
 refused, so a request cannot name an arbitrary path. The task (which step writes M, which token M
-is) comes from the checkpoint's task metadata (`tasks.task_for`), induction heads when it has none;
-the Δ ratio and the memory channels are tasks/measures.py's.
+is) comes from the checkpoint's task metadata (`tasks.task_for`; `task_of`): induction heads for our
+task-less 17-token files, None for a plain language model, which has no write position (no M, no Δ
+ratio, no memory channels: the functions here say so or skip those parts). The Δ ratio and the
+memory channels are tasks/measures.py's.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from model import load_checkpoint, trace
 from model.interventions import AblateSSM, ClampDelta, ZeroState
-from tasks import INDUCTION, Task, task_for
+from tasks import INDUCTION, IdTask, Task, task_for
 from tasks.measures import layer_ratios
 from tasks.measures import memory_channels as select_memory_channels
 
@@ -82,13 +84,28 @@ def n_memory_units(lm) -> int:
     return max(1, n_units(lm) // MEMORY_HEAD_SHARE)
 
 
-def task_of(lm_or_trace) -> Task:
-    """The task of a model (its `task` metadata) or of a Trace (meta["task"]); induction heads when
-    neither names a known task (a freshly initialised model)."""
-    meta = getattr(lm_or_trace, "task", None)
-    if meta is None and hasattr(lm_or_trace, "meta"):
-        meta = lm_or_trace.meta.get("task")
-    return task_for(meta) or INDUCTION
+def task_of(lm_or_trace) -> Optional[Task]:
+    """The task of a model (its `task` metadata) or of a Trace (meta["task"]), as ui.common's loader
+    reads it: when neither names a known task, induction heads for a 17-token model (our task-less
+    files, a freshly initialised MambaLM(MambaConfig())), else None: a plain language model (a model
+    directory, a tokenizer, any other vocabulary), whose steps all predict the next token."""
+    if hasattr(lm_or_trace, "meta"):                                   # a Trace
+        meta = lm_or_trace.meta or {}
+        task, vocab, plain = meta.get("task"), (meta.get("config") or {}).get("vocab_size"), False
+    else:
+        task, vocab = getattr(lm_or_trace, "task", None), lm_or_trace.config.vocab_size
+        path = getattr(lm_or_trace, "checkpoint_path", None)
+        plain = getattr(lm_or_trace, "text_task", None) is not None or bool(path and Path(path).is_dir())
+    found = task_for(task)
+    if found is not None:
+        return found
+    return INDUCTION if vocab == INDUCTION.vocab_size and not plain else None
+
+
+def task_or_next_token(lm) -> Task:
+    """task_of(lm), or for a plain LM the next-token task over its vocabulary (its tokenizer's
+    TextTask when it has one, else tasks.IdTask): what patching and the logit lens read there."""
+    return task_of(lm) or getattr(lm, "text_task", None) or IdTask(lm.config.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -101,9 +118,10 @@ class QueryPrediction:
 
 
 def prediction(tr) -> QueryPrediction:
-    """The prediction at the last position (the query) of a Trace."""
-    pos = task_of(tr).positions(tr.tokens)
-    m = None if pos.first_write is None else int(tr.tokens[pos.first_write])
+    """The prediction at the last position (the query) of a Trace; a plain LM's has no M."""
+    task = task_of(tr)
+    write = None if task is None else task.positions(tr.tokens).first_write
+    m = None if write is None else int(tr.tokens[write])
     if tr.probs is None:          # a 50k-vocabulary trace keeps the top-k only; a plain LM writes no M
         return QueryPrediction(int(tr.top_k_ids[-1, 0]), float(tr.top_k_probs[-1, 0]), None, None, None)
     last = tr.probs[-1]                                               # [V]
@@ -114,8 +132,12 @@ def prediction(tr) -> QueryPrediction:
 
 def delta_ratios(tr, d_conv: int) -> Optional[np.ndarray]:
     """The Δ ratio of tasks/measures.py (max Δ over the write window of the first write / median Δ
-    over the filler after it) of every layer and unit: [n_layer, U]; None without a write and filler."""
-    ratios = layer_ratios([lt.delta for lt in tr.layers], task_of(tr).positions(tr.tokens), d_conv)
+    over the filler after it) of every layer and unit: [n_layer, U]; None without a write and filler
+    (and for a plain LM, which has no write position)."""
+    task = task_of(tr)
+    if task is None:
+        return None
+    ratios = layer_ratios([lt.delta for lt in tr.layers], task.positions(tr.tokens), d_conv)
     return None if ratios is None else np.stack([r.ratio for r in ratios])
 
 
@@ -128,6 +150,9 @@ def query_summary(lm, tokens: np.ndarray):
 def memory_channels(lm, tokens: np.ndarray, layer: int) -> list:
     """The n_memory_units(lm) units (channels or heads) of `layer` with the largest Δ ratio, sorted by
     index (for the closed-form model these are its memory channels 0..15 of layer 2)."""
+    if task_of(lm) is None:
+        raise ValueError(f"'memory {unit_name(lm)}s' are the top Δ-ratio {unit_name(lm)}s at a task's write "
+                         f"position; this checkpoint is a plain language model (no task): give {unit_name(lm)} ids")
     _, ratio = query_summary(lm, tokens)
     if ratio is None:
         raise ValueError(f"'memory {unit_name(lm)}s' needs a trigger S followed by a memory token M and filler "
@@ -212,5 +237,5 @@ def run_intervention(lm, tokens: np.ndarray, intervention):
 
 __all__ = ["list_checkpoints", "load_named", "QueryPrediction", "prediction", "delta_ratios", "query_summary",
            "memory_channels", "memory_channel_pairs", "parse_channels", "attention_map", "MEAN_MAX_LEN", "mean_max_len",
-           "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of", "unit_name",
-           "n_units", "n_memory_units"]
+           "INTERVENTIONS", "make_intervention", "run_intervention", "MEMORY_LAYER", "task_of", "task_or_next_token",
+           "unit_name", "n_units", "n_memory_units"]

@@ -29,7 +29,7 @@ import torch
 from model import run
 from tasks import MAX_LEN, IdTask, Task
 
-from .compare import task_of
+from .compare import task_or_next_token
 
 TOP_K = 3
 FULL_MAX_ELEMS = 1 << 24      # n_layer x L x V: the whole read-out is kept up to this (64 MiB of fp32)
@@ -64,7 +64,7 @@ def read_out(lm, resid: torch.Tensor) -> torch.Tensor:
 
 def logit_lens(lm, tokens, k: int = TOP_K, step: Optional[int] = None, task: Optional[Task] = None) -> Lens:
     """The lens of one sequence (see the module docstring). tokens: [L] ints; step: the query to read
-    (None: the task's first scored query, a plain LM's last step); task: default task_of(lm)."""
+    (None: the task's first scored query, a plain LM's last step); task: default task_or_next_token(lm)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 1 or tokens.size == 0:
         raise ValueError(f"one non-empty sequence of token ids, got shape {tokens.shape}")
@@ -80,7 +80,7 @@ def logit_lens(lm, tokens, k: int = TOP_K, step: Optional[int] = None, task: Opt
     resid = [r["resid_post"][0] for r in res.records]                                 # n_layer x [L, d_model]
     keep = n_layer * tokens.size * V <= FULL_MAX_ELEMS
     last = _layer(lm, resid[-1], k, None, keep)                                        # the answer needs the output's top-1
-    query, target, how = _query(task or task_of(lm), tokens, step, last[0][:, 0])
+    query, target, how = _query(task or task_or_next_token(lm), tokens, step, last[0][:, 0])
     layers = [_layer(lm, r, k, target, keep) for r in resid]                           # (ids, p, score, probs) each
     top_ids, top_p = np.stack([a[0] for a in layers]), np.stack([a[1] for a in layers])   # [n_layer, L, k]
     first = None

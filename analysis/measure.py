@@ -143,9 +143,10 @@ def measure_checkpoint(path: Path, cfg: Settings, log=print) -> CheckpointResult
         tick = time.time()
 
     lm = load_checkpoint(path).eval()
-    if task_of(lm) is not INDUCTION:
-        raise ValueError(f"{path}: the mechanism study is for induction heads; this checkpoint's task is "
-                         f"{lm.task.get('name')!r}")
+    task = task_of(lm)
+    if task is not INDUCTION:
+        raise ValueError(f"{path}: the mechanism study is for induction heads; this checkpoint is "
+                         + ("a plain language model (no task)" if task is None else f"a {task.name} model"))
     win = write_windows(cfg, lm.config.d_conv)
     sel, records, deltas = delta_selectivity(lm, cfg, win)
     lap("delta")

@@ -46,7 +46,7 @@ from tasks import IdTask, Task
 from tasks.measures import layer_ratios
 from tasks.measures import memory_channels as select_memory_channels
 
-from .compare import task_of
+from .compare import task_or_next_token
 
 KINDS = ("state", "delta", "output")
 GROUPS = ("all", "memory", "rest")
@@ -127,9 +127,9 @@ def _p_target(lm, tr, tokens: np.ndarray, target: int) -> np.ndarray:
 
 def compare_runs(lm, clean, corrupted, target: Optional[int] = None, task: Optional[Task] = None) -> Comparison:
     """p(target), top-1 and the per-layer Δ and state-norm differences of the two sequences.
-    target: the token read (default: target_of the clean sequence); task: default task_of(lm)."""
+    target: the token read (default: target_of the clean sequence); task: default task_or_next_token(lm)."""
     clean, corrupted = _check_pair(clean, corrupted)
-    task = task or task_of(lm)
+    task = task or task_or_next_token(lm)
     target = target_of(task, clean) if target is None else int(target)
     a = trace(lm, clean, include=("delta", "state_norm"))
     b = trace(lm, corrupted, include=("delta", "state_norm"))
@@ -148,7 +148,7 @@ def channel_groups(lm, clean: np.ndarray, deltas: Sequence[np.ndarray], groups: 
     """(group names, [n_layer][n_groups] unit lists). "memory" needs a write and filler in the clean
     sequence (the Δ ratio); without them the groups are ("all",)."""
     U = [layer.mixer.n_units for layer in lm.backbone.layers]
-    ratios = layer_ratios(list(deltas), (task or task_of(lm)).positions(clean), lm.config.d_conv)
+    ratios = layer_ratios(list(deltas), (task or task_or_next_token(lm)).positions(clean), lm.config.d_conv)
     if ratios is None:
         groups = ("all",)
     out = []
@@ -202,7 +202,7 @@ def patch_sweep(lm, clean, corrupted, kind: str = "state", groups: Sequence[str]
     L = clean.size
     if L > PATCH_MAX_LEN:
         raise ValueError(f"patching is limited to {PATCH_MAX_LEN:,} tokens (one corrupted copy per cell), got {L:,}")
-    task = task or task_of(lm)
+    task = task or task_or_next_token(lm)
     target = target_of(task, clean) if target is None else int(target)
     values, deltas = _clean_values(lm, clean, kind)
     names, channels = channel_groups(lm, clean, deltas, ("all",) if kind == "output" else groups, task)
@@ -287,7 +287,7 @@ def readout_for(lm, clean, corrupted, step: Optional[int] = None, task: Optional
       for step < L - 1; at the last step (the default) the clean run's top-1, since its next token
       is not in the text."""
     clean, corrupted = _check_pair(clean, corrupted)
-    task = task or task_of(lm)
+    task = task or task_or_next_token(lm)
     L = clean.size
     differ = np.flatnonzero(clean != corrupted)
     if differ.size == 0:

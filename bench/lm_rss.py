@@ -3,10 +3,13 @@
     python -m bench.lm_rss                                   # 130m fp32 and 2.8b bf16 (Mamba-1), L=512
     python -m bench.lm_rss --models 130m --length 1024
     python -m bench.lm_rss --load DIR --dtype bf16           # one measurement (what the driver runs per model)
+    python -m bench.lm_rss --models 130m --length 4096 --trace   # the app's view trace instead of lm(tokens)
 
 Each model is measured in a fresh subprocess (the peak RSS of a process only grows: resource.getrusage's
 ru_maxrss), which imports torch and our model code (`imported`), loads the directory with
-`model.load_checkpoint` (`after load`), then runs lm(tokens [1, L]) under no_grad (`after forward`).
+`model.load_checkpoint` (`after load`), then runs lm(tokens [1, L]) under no_grad (`after forward`);
+with --trace, lm.trace(tokens, include=(Δ, state norm)) instead, what the app's charts run (the
+trace keeps top-k and p(next), not the logits).
 The directories are HF-format (config.json + model.safetensors, the keys of transformers'
 MambaForCausalLM, built on the meta device for its names and shapes) with random weights in the
 stored dtype, written by another subprocess first: HF's own random init of 2.8b parameters takes
@@ -81,9 +84,10 @@ def write_dir(name: str, out: Path, dtype: str) -> None:
     cfg.save_pretrained(out)
 
 
-def measure(path: Path, dtype: str, L: int) -> None:
+def measure(path: Path, dtype: str, L: int, trace: bool = False) -> None:
     """In this (fresh) process: print one JSON line per stage, so a stage that runs out of time still
     leaves the ones before it."""
+    import numpy as np
     import torch
 
     from model import load_checkpoint
@@ -98,6 +102,13 @@ def measure(path: Path, dtype: str, L: int) -> None:
     print(json.dumps({"stage": "load", **row}), flush=True)
     tokens = torch.randint(0, 50277, (1, L), generator=torch.Generator().manual_seed(SEED))
     t = time.perf_counter()
+    if trace:
+        tr = lm.trace(tokens[0], include=("delta", "state_norm"))
+        row.update(forward_s=time.perf_counter() - t, after_forward_mb=maxrss_mb(),
+                   trace_mb=sum(a.nbytes for a in tr.to_tensors().values()) / 2**20,
+                   finite=bool(np.isfinite(tr.p_next[:-1]).all()))
+        print(json.dumps({"stage": "forward", **row}), flush=True)
+        return
     with torch.no_grad():
         logits = lm(tokens)
     row.update(forward_s=time.perf_counter() - t, after_forward_mb=maxrss_mb(), logits_mb=logits.nbytes / 2**20,
@@ -105,18 +116,27 @@ def measure(path: Path, dtype: str, L: int) -> None:
     print(json.dumps({"stage": "forward", **row}), flush=True)
 
 
-def run_one(name: str, L: int, tmp: Path) -> dict:
+def run_one(name: str, L: int, tmp: Path, trace: bool = False) -> dict:
     _, dtype = configs()[name]
     d = tmp / name
     t = time.perf_counter()
+    if (d / "model.safetensors").exists():       # another length of the same model: written once
+        row = {"model": name, "dtype": dtype, "L": L, "write_s": 0.0, "trace": trace,
+               "file_mb": (d / "model.safetensors").stat().st_size / 2**20, "load_avg_before": os.getloadavg()[0]}
+        return _measure_row(row, d, dtype, L, trace)
     subprocess.run([sys.executable, "-m", "bench.lm_rss", "--write", str(d), "--config", name, "--dtype", dtype],
                    check=True)
     row = {"model": name, "dtype": dtype, "L": L, "write_s": time.perf_counter() - t,
-           "file_mb": (d / "model.safetensors").stat().st_size / 2**20, "load_avg_before": os.getloadavg()[0]}
+           "file_mb": (d / "model.safetensors").stat().st_size / 2**20, "load_avg_before": os.getloadavg()[0],
+           "trace": trace}
+    return _measure_row(row, d, dtype, L, trace)
+
+
+def _measure_row(row: dict, d: Path, dtype: str, L: int, trace: bool) -> dict:
     try:
         done = subprocess.run([sys.executable, "-m", "bench.lm_rss", "--load", str(d), "--dtype", dtype,
-                               "--length", str(L)], capture_output=True, text=True, timeout=FORWARD_TIMEOUT_S,
-                              check=False)
+                               "--length", str(L), *(["--trace"] if trace else [])], capture_output=True, text=True,
+                              timeout=FORWARD_TIMEOUT_S, check=False)
         out = done.stdout
         if done.returncode:
             row["error"] = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"rc {done.returncode}"
@@ -134,7 +154,8 @@ def run_one(name: str, L: int, tmp: Path) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="130m,2.8b", help="comma-separated: 130m (fp32), 2.8b (bf16)")
-    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--length", default="512", help="tokens; comma-separated for several runs of each model")
+    p.add_argument("--trace", action="store_true", help="measure lm.trace (Δ, state norm) instead of lm(tokens)")
     p.add_argument("--json", default="", help="also write the rows here")
     p.add_argument("--write", default="", help=argparse.SUPPRESS)        # the subprocesses' modes
     p.add_argument("--config", default="", help=argparse.SUPPRESS)
@@ -144,12 +165,13 @@ def main(argv=None):
     if args.write:
         return write_dir(args.config, Path(args.write), args.dtype)
     if args.load:
-        return measure(Path(args.load), args.dtype, args.length)
+        return measure(Path(args.load), args.dtype, int(args.length), args.trace)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            rows.append(run_one(name, args.length, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
+            for L in [int(x) for x in args.length.split(",")]:
+                rows.append(run_one(name, L, Path(tmp), args.trace))
+                print(json.dumps(rows[-1]), flush=True)
             (Path(tmp) / name / "model.safetensors").unlink()
     print("| model | weights | L | file MB | imported MB | peak after load MB | peak after forward MB | load s | "
           "forward s | load avg |")
@@ -157,7 +179,8 @@ def main(argv=None):
     for r in rows:
         def f(k, spec=".0f", r=r):
             return format(r[k], spec) if k in r else "—"
-        print(f"| Mamba-1 {r['model']} | {r['dtype']} | {r['L']} | {f('file_mb')} | {f('imported_mb')} | "
+        what = f"{r['model']} trace" if r.get("trace") else r["model"]
+        print(f"| Mamba-1 {what} | {r['dtype']} | {r['L']} | {f('file_mb')} | {f('imported_mb')} | "
               f"{f('after_load_mb')} | {f('after_forward_mb')} | {f('load_s', '.1f')} | {f('forward_s', '.1f')} | "
               f"{r['load_avg_before']:.1f}–{r['load_avg_after']:.1f} |")
     if args.json:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from analysis import patching
-from analysis.compare import task_of
+from analysis.compare import task_or_next_token
 from model import load_checkpoint, run
 from model.interventions import SetDelta, SetOutput, SetState
 from tasks import INDUCTION
@@ -45,7 +45,7 @@ def _set(kind: str, layer: int, units: list, t: int, values, row: int):
 
 def before_sweep(lm, clean, corrupted, kind, max_rows=MAX_ROWS) -> np.ndarray:
     """The previous loop: p [n_layer, n_groups, T], every slice from step 0."""
-    task = task_of(lm)
+    task = task_or_next_token(lm)
     target = patching.target_of(task, clean)
     values, deltas = patching._clean_values(lm, clean, kind)
     names, channels = patching.channel_groups(lm, clean, deltas, ("all",) if kind == "output" else patching.GROUPS)

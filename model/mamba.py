@@ -262,8 +262,12 @@ class MambaLM(nn.Module):
 
     def forward_chunk(self, input_ids: Tensor, states: Optional[list] = None, *, num_last_tokens: int = 0,
                       spec: Optional[RecordSpec] = None, backend: Optional[str] = None,
-                      hooks: Optional[list] = None, positions: Optional[Tensor] = None):
+                      hooks: Optional[list] = None, positions: Optional[Tensor] = None, head: bool = True):
         """One time chunk: input_ids [B, l] -> (logits [B, l or num_last_tokens, V], new states, records).
+
+        head=False: the final hidden after norm_f [B, l or num_last_tokens, d_model] in place of the
+        logits, for a caller that applies lm_head a row block at a time (model.run's `head`: at a 50k
+        vocabulary a chunk's logits would be 1.6 GB).
 
         positions [B, K]: logits only at those steps, [B, K, V] (training on a few query steps at a
         large vocabulary: MQAR's V = 8192 head costs more than the rest of the model at every step).
@@ -292,7 +296,7 @@ class MambaLM(nn.Module):
             hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))   # [B, K, d_model]
         elif num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
-        return self.lm_head(hidden), new_states, records
+        return (self.lm_head(hidden) if head else hidden), new_states, records
 
     def forward_stream(self, input_ids: Tensor, states: Optional[list] = None, num_last_tokens: int = 0,
                        backend: Optional[str] = None):
@@ -307,7 +311,7 @@ class MambaLM(nn.Module):
         `positions` [B, K]).
 
         Without gradients the sequence streams through model.run's chunk loop (chunk_len tokens
-        at a time, default run.STREAM_CHUNK), carrying conv and SSM states, so memory grows with
+        at a time, default run.default_chunk_len), carrying conv and SSM states, so memory grows with
         the chunk, not with L. With gradients: one pass (training backpropagates through it).
         """
         if torch.is_grad_enabled():

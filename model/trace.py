@@ -5,7 +5,9 @@
     tr.save("run.safetensors"); Trace.load("run.safetensors")
     trace(lm, tokens, interventions=[ClampDelta(0, [3], from_t=10)])   # the edited run, same format
 
-A trace is model.run.run on one sequence with every record asked for, turned into numpy.
+A trace is model.run.run on one sequence with every record asked for, turned into numpy; the
+logits go block by block to NextTokens (run's head reducer), so unless the full [L, V] is kept
+the trace's memory grows with L * (records + k), never with L * V.
 
 Arrays are numpy (viz/ consumes numpy and never imports torch). Per layer i, U is the axis of
 the mixer's units, named in meta["units"]: "channel" for Mamba-1 (U = D channels), "head" for
@@ -52,6 +54,7 @@ from kernels import resolve_backend
 from . import __version__
 from .interventions import describe
 from .records import MIXER_SPECIFIC, RECORDABLE
+from .run import HEAD_ROWS as RUN_HEAD_ROWS
 from .run import run
 from .safetensors_io import write_safetensors
 
@@ -59,7 +62,7 @@ TRACE_FORMAT = "mambascope-trace/1"
 DEFAULT_MAX_STATE_ELEMS = 1 << 24   # full states: 64 MiB of fp32 over all layers unless raised
 FULL_PROBS_MAX_VOCAB = 1024         # up to this vocabulary the full [L, V] distribution is kept by default
 TOP_K_DEFAULT = 10                  # next-token candidates kept per step
-HEAD_ROWS = 1024                    # softmax / top-k over this many steps at a time: no [L, V] float64
+HEAD_ROWS = RUN_HEAD_ROWS           # softmax / top-k over this many steps at a time (model.run's head block)
 # model-level arrays -> hook names (the full distribution's two may be absent)
 MODEL_FIELDS = {"logits": "hook_logits", "probs": "hook_probs", "top_k_ids": "hook_top_k_ids",
                 "top_k_probs": "hook_top_k_probs", "p_next": "hook_p_next", "logp_next": "hook_logp_next"}
@@ -199,15 +202,18 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
                              f"over the cap of {max_state_elems:,}; pass max_state_elems={need} to allow it")
     was_training = lm.training
     lm.eval()
+    full = keeps_full(cfg.vocab_size, full_probs)
+    nxt = NextTokens(ids[0], cfg.vocab_size, min(int(top_k), cfg.vocab_size), full)
     try:
-        res = run(lm, ids, interventions, include=include, states=full_states, backend=backend, chunk_len=chunk_len)
+        # kept whole, the logits come one chunk at a time: lm_head on a chunk, as lm(tokens) computes them
+        res = run(lm, ids, interventions, include=include, states=full_states, backend=backend,
+                  chunk_len=chunk_len, head=nxt, head_rows=L if full else HEAD_ROWS)
     finally:
         lm.train(was_training)
     np32 = lambda a: a[0].float().cpu().numpy()                      # noqa: E731  [1, L, ...] -> [L, ...]
     recs = res.records or [{} for _ in range(cfg.n_layer)]
     layers = [LayerTrace(**{a: np32(r[a]) if a in r else None for a in (*LAYER_FIELDS, "states")}) for r in recs]
-    full = cfg.vocab_size <= FULL_PROBS_MAX_VOCAB if full_probs is None else bool(full_probs)
-    head = next_token_summary(res.logits[0, :, :cfg.vocab_size], ids[0], min(int(top_k), cfg.vocab_size), full)
+    head = nxt.result()
     path = getattr(lm, "checkpoint_path", None)
     meta = {"config": cfg.to_mamba_ssm_dict(), "norm_epsilon": cfg.norm_epsilon,
             "checkpoint_sha256": getattr(lm, "checkpoint_sha256", None) or "unsaved",
@@ -221,27 +227,79 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     return Trace(tokens=ids[0].cpu().numpy(), layers=layers, meta=meta, **head)
 
 
+def keeps_full(vocab_size: int, full_probs: Optional[bool]) -> bool:
+    """Whether a trace keeps the whole [L, V] distribution: as asked, else for a small vocabulary."""
+    return vocab_size <= FULL_PROBS_MAX_VOCAB if full_probs is None else bool(full_probs)
+
+
+class NextTokens:
+    """The Trace's model-level arrays (module docstring), filled block by block as model.run hands
+    over the logits (run(head=...)): a block [1, rows, V'] is reduced at once to top-k, p(next) and
+    log p(next), so the head's memory is one block of HEAD_ROWS steps, not [L, V]. With `full` the
+    whole logits and probs [L, V] are kept as well (asked for, or a small vocabulary).
+
+        acc = NextTokens(ids, V, k, full); run(lm, ids[None], head=acc); acc.result() -> dict
+    """
+
+    def __init__(self, ids: torch.Tensor, vocab_size: int, k: int, full: bool):
+        L = ids.shape[0]
+        self.V, self.k = vocab_size, k
+        self.nxt = torch.cat([ids[1:], ids[:1]])                         # [L] tokens[t+1] (last: a dummy)
+        # filled in place: lists of blocks and a concatenation would hold every array twice
+        self.top_ids = np.empty((L, k), np.int64)                        # [L, k]
+        self.top_p = np.empty((L, k), np.float32)                        # [L, k]
+        self.logp = np.empty(L, np.float32)                              # [L]
+        self.logits = np.empty((L, vocab_size), np.float32) if full else None     # [L, V]
+        self.probs = np.empty((L, vocab_size), np.float32) if full else None      # [L, V]
+
+    def __call__(self, logits: torch.Tensor, t0: int) -> None:
+        """logits [1, rows, V'] of steps t0..t0+rows-1 (V' >= V: the head's padded vocabulary)."""
+        lg = logits[0, :, :self.V]                                       # [rows, V]
+        if self.logits is not None:
+            self.logits[t0:t0 + lg.shape[0]] = lg.float().cpu().numpy()
+        for s in range(0, lg.shape[0], HEAD_ROWS):     # a whole chunk comes at once when `full`
+            t = t0 + s
+            lp = torch.log_softmax(lg[s:s + HEAD_ROWS].float(), -1)      # [rows, V]
+            v, i = torch.topk(lp, self.k, dim=-1)                        # [rows, k] each, sorted
+            rows = lp.shape[0]
+            self.top_ids[t:t + rows] = i.cpu().numpy()
+            self.top_p[t:t + rows] = v.exp().cpu().numpy()
+            self.logp[t:t + rows] = lp.gather(1, self.nxt[t:t + rows, None].to(lp.device))[:, 0].cpu().numpy()
+            if self.probs is not None:
+                self.probs[t:t + rows] = lp.exp().cpu().numpy()
+
+    def result(self) -> dict:
+        self.logp[-1] = np.nan                                           # nothing follows the last step
+        return {"top_k_ids": self.top_ids, "top_k_probs": self.top_p, "logp_next": self.logp,
+                "p_next": torch.from_numpy(self.logp).exp().numpy(), "logits": self.logits, "probs": self.probs}
+
+
 def next_token_summary(logits: torch.Tensor, ids: torch.Tensor, k: int, full: bool) -> dict:
-    """logits [L, V], ids [L] -> the Trace's model-level arrays (module docstring), as numpy.
-    Row blocks of HEAD_ROWS: the log-softmax of a block is its only [rows, V] temporary."""
-    L = logits.shape[0]
-    nxt = torch.cat([ids[1:], ids[:1]])                                 # [L] tokens[t+1] (last: a dummy)
-    top_ids, top_p, logp = [], [], []
-    kept = [] if full else None
-    for s in range(0, L, HEAD_ROWS):
-        lp = torch.log_softmax(logits[s:s + HEAD_ROWS].float(), -1)     # [rows, V]
-        v, i = torch.topk(lp, k, dim=-1)                                # [rows, k] each, sorted
-        top_ids.append(i)
-        top_p.append(v.exp())
-        logp.append(lp.gather(1, nxt[s:s + HEAD_ROWS, None].to(lp.device))[:, 0])
-        if full:
-            kept.append(lp)
-    logp = torch.cat(logp).cpu()                                        # [L]
-    logp[-1] = float("nan")                                             # nothing follows the last step
-    out = {"top_k_ids": torch.cat(top_ids).cpu().numpy().astype(np.int64),
-           "top_k_probs": torch.cat(top_p).cpu().numpy(), "p_next": logp.exp().numpy(),
-           "logp_next": logp.numpy(), "logits": None, "probs": None}
-    if full:
-        out["logits"] = logits.float().cpu().numpy()                    # [L, V]
-        out["probs"] = torch.cat(kept).exp().cpu().numpy()              # [L, V]
-    return out
+    """logits [L, V] held whole, ids [L] -> the Trace's model-level arrays: what trace() computes
+    from the logits per block, from logits a caller already has."""
+    acc = NextTokens(ids, logits.shape[1], k, full)
+    acc(logits[None], 0)
+    return acc.result()
+
+
+def record_widths(lm) -> dict:
+    """Floats per step of each per-layer record (module docstring's table) for lm's mixer."""
+    cfg, mixer = lm.config, lm.backbone.layers[0].mixer
+    U, D, N, G = mixer.n_units, cfg.d_inner, cfg.d_state, getattr(mixer, "ngroups", 1)
+    return {"ssm_input": D, "delta": U, "B": G * N, "C": G * N, "state_norm": U, "ssm_output": D,
+            "resid_post": cfg.d_model, "decay": U, "states": D * N}
+
+
+def bytes_per_step(lm, include: Optional[Sequence[str]] = None, top_k: int = TOP_K_DEFAULT,
+                   full_probs: Optional[bool] = None, full_states: bool = False) -> int:
+    """What trace(lm, tokens, include=..., ...) keeps per step, in bytes: the records (fp32, every
+    layer), the token (int64) and the next-token arrays. Everything else a trace holds is bounded by a
+    chunk (activations) or a head block (logits), so this times L is what grows with the sequence."""
+    cfg = lm.config
+    include = DEFAULT_FIELDS[cfg.layer] if include is None else tuple(include)
+    widths = record_widths(lm)
+    records = cfg.n_layer * (sum(widths[f] for f in include) + (widths["states"] if full_states else 0))
+    full = keeps_full(cfg.vocab_size, full_probs)
+    k = min(int(top_k), cfg.vocab_size)
+    # records, logits + probs when full, top-k probs, p and log p (fp32); token and top-k ids (int64)
+    return 4 * (records + (2 * cfg.vocab_size if full else 0) + k + 2) + 8 * (1 + k)

@@ -61,6 +61,17 @@ def call(client, *args, api_name):
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` on the default checkpoint, on a free port, once per test module that asks:
+    (url, log path). A module that serves another checkpoint defines its own (tests/test_app_e2e.py)."""
+    from bench.app_load import start_app, stop      # on use: most test modules start no server
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    proc, url = start_app(log)
+    yield url, log
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
 def client(server):
     """A gradio_client for the module's own `server` fixture (url, log)."""
     from gradio_client import Client

@@ -210,7 +210,8 @@ ENDPOINTS = {   # endpoint -> its parameters with a valid value each
                 ("checkpoint_a", TRAINED), ("checkpoint_b", ANALYTIC), ("attention_layer", "layer 2"),
                 ("attention_channel", "3"), ("intervention_kind", "clamp Δ"), ("intervention_layer", "layer 2"),
                 ("intervention_channels", "3"), ("timestep", None), ("until", None), ("value", 0.0),
-                ("corrupted", "1 2 S 6 3 4 3 S"), ("patch_kind", "state h"), ("top_k", 3)],
+                ("corrupted", "1 2 S 6 3 4 3 S"), ("patch_kind", "state h"), ("top_k", 3), ("patch_step", ""),
+                ("lens_step", "")],
 }
 # None, a huge number, NaN, 1e400 (inf once parsed), text in a numeric field / an unknown choice,
 # 200k characters: sent as raw JSON, as any HTTP client can

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.app_load import start_app, stop
 from tasks import INDUCTION
 from tasks.induction import Generator, set_memory_token
 from tests.conftest import call
@@ -330,14 +329,6 @@ def test_permalink_round_trip_in_process():
 
 
 # ---------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    proc, url = start_app(log)
-    yield url, log
-    stop(proc)
-
-
 GEN = (64, -1, -1, 3, 1, False, 0)
 MECH = ("analytic-2layer.safetensors", "induction-2layer.safetensors", "layer 2", "3", "clamp Δ", "layer 2", "3",
         None, None, 0.0)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench.app_load import raw_call, start_app, stop
+from bench.app_load import raw_call
 from analysis.analytic import MEMORY_CHANNELS, MEMORY_LAYER
 from tasks import INDUCTION
 from tests.conftest import call
@@ -16,14 +16,6 @@ TRAINED, ANALYTIC = "induction-2layer.safetensors", "analytic-2layer.safetensors
 MEMORY = ", ".join(map(str, MEMORY_CHANNELS))                       # "0, 1, ..., 15"
 OTHERS = ", ".join(str(c) for c in range(40, 40 + len(MEMORY_CHANNELS)))
 LAYER = f"layer {MEMORY_LAYER + 1}"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    proc, url = start_app(log)
-    yield url, log
-    stop(proc)
 
 
 @pytest.fixture(scope="module")

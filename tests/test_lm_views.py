@@ -263,7 +263,8 @@ def test_bad_input_for_a_plain_lm(app_model, text_dir, ids_dir, monkeypatch):
     app_model(text_dir)
     with pytest.raises(gr.Error, match="the text is empty"):
         explore.show("", "index", 64, None, None, layers, "max")
-    monkeypatch.setattr(common, "LOGITS_MAX_FLOATS", 20 * common.MODEL.task.vocab_size)   # a cap of 20 tokens
+    per_token = common.bytes_per_step(common.MODEL.lm, common.CHART_QUANTITIES)
+    monkeypatch.setattr(common, "TRACE_MAX_BYTES", 20 * per_token)     # a cap of 20 tokens
     with pytest.raises(gr.Error, match=r"encodes to \d+ tokens, over the cap of 20 \(the cap for a "):
         explore.show(TEXT * 3, "index", 64, None, None, layers, "max")
     with pytest.raises(gr.Error, match="the Δ ratio needs a task's write position"):

@@ -68,7 +68,8 @@ def test_text_links_keep_the_text_boxes_caps_and_errors(text_dir, app_model, mon
     from ui import common, permalink
     app_model(text_dir)
     default = permalink.default_view().text
-    monkeypatch.setattr(common, "LOGITS_MAX_FLOATS", 10 * common.MODEL.task.vocab_size)     # a cap of 10 tokens
+    per_token = common.bytes_per_step(common.MODEL.lm, common.CHART_QUANTITIES)
+    monkeypatch.setattr(common, "TRACE_MAX_BYTES", 10 * per_token)     # a cap of 10 tokens
     out = permalink.open_link("?text=" + "+the+cat+sat" * 20)
     assert out[0] == default and "over the cap of 10 (the cap for a" in out[-1]
     note = permalink.open_link("?text=" + "x" * permalink.QUERY_CHARS)[-1]

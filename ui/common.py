@@ -23,6 +23,7 @@ import torch
 from kernels import resolve_backend
 from kernels.cpu_memory import keep_freed_memory
 from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
+from model.trace import bytes_per_step
 from tasks import INDUCTION, MAX_LEN, IdTask, Task, TokenError, task_for
 
 from .limits import HEAVY_CONCURRENCY, limit_arenas
@@ -41,9 +42,17 @@ CONCURRENCY = HEAVY_CONCURRENCY          # model runs at once, all heavy endpoin
 SHOWN_CHARS = 60                         # of the user's input, at most, in an error message
 MESSAGE_CHARS = 600                      # a whole error message, at most (a last guard)
 INT64 = (-(1 << 63), (1 << 63) - 1)      # whole numbers end up in int64 arrays
-# a plain LM's forward holds logits [L, V] in fp32 however little of them a trace keeps: this many
-# floats (1 GiB) cap its length (V = 50,280: 5,338 tokens); a 17-token task model keeps MAX_LEN
-LOGITS_MAX_FLOATS = 1 << 28
+# A request's trace may keep this many bytes of what grows with its length (model.trace.bytes_per_step):
+# per layer Δ and the state norm [L, U] fp32 (what the charts draw), the token, top-k and p(next). The
+# logits [L, V] no longer count: a trace reduces them per block of model.run.HEAD_ROWS steps (51 MB at
+# V = 50,280, at any L), and the rest of the forward is bounded by a chunk (model.run.CHUNK_ELEMS). The
+# cap was 2^28 / V tokens for the logits alone (5,338 at V = 50,280), the records on top (mamba-130m
+# at 5,338: 1.5 GiB more, 2.8b: 13 GiB more). 2 GiB for everything keeps the two heavy requests that
+# run at once (HEAVY_CONCURRENCY) near 5 GiB with their chunks, plus the weights: 7,278 tokens for
+# 24 layers x 1536 channels (mamba-130m: peak RSS 3.5 GB there, 2.6 GB over the loaded model; the old
+# code took 8.0 GB at that length), 819 for 64 x 5120 (2.8b), MAX_LEN for our 2-layer models.
+TRACE_MAX_BYTES = 1 << 31
+CHART_QUANTITIES = ("delta", "state_norm")    # what a view's trace records (exports may take all)
 ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
 DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cpu")
 
@@ -104,7 +113,7 @@ def load_model(requested: Optional[str], default: Path = DEFAULT_CHECKPOINT) -> 
     if isinstance(task, IdTask):
         trained = (", a plain language model: " + ("text in, through its tokenizer.json" if task.name == "text"
                                                    else f"token ids 0..{lm.config.vocab_size - 1} in (no tokenizer.json)")
-                   + f", up to {length_cap(task):,} tokens")
+                   + f", up to {length_cap(lm):,} tokens")
     return Loaded(lm, f"{path.stem} ({lm.checkpoint_sha256[:8]})",
                   f"**Model** `{path.name}` · sha256 `{lm.checkpoint_sha256[:12]}…`{trained} · "
                   f"{lm.config.n_layer} layers, d_model {lm.config.d_model} · scan backend `{backend}` "
@@ -132,11 +141,11 @@ def is_plain_lm(task: Optional[Task] = None) -> bool:
     return isinstance(MODEL.task if task is None else task, IdTask)
 
 
-def length_cap(task: Optional[Task] = None) -> int:
-    """The longest sequence a request may run: MAX_LEN, or less for a plain LM's large vocabulary
-    (LOGITS_MAX_FLOATS)."""
-    task = MODEL.task if task is None else task
-    return min(MAX_LEN, LOGITS_MAX_FLOATS // task.vocab_size) if is_plain_lm(task) else MAX_LEN
+def length_cap(lm: Optional[MambaLM] = None, include: Optional[tuple] = CHART_QUANTITIES) -> int:
+    """The longest sequence a request may trace: MAX_LEN, or less where its trace (per-layer
+    `include`, None = every quantity: an export) would keep over TRACE_MAX_BYTES. lm: the app's model."""
+    lm = MODEL.lm if lm is None else lm
+    return MAX_LEN if lm is None else min(MAX_LEN, TRACE_MAX_BYTES // bytes_per_step(lm, include))
 
 
 MODEL = Loaded(None, "no model", "", "the app has not loaded a model yet")
@@ -281,16 +290,19 @@ def text(x, field: str) -> str:
     return x
 
 
-def tokens(x) -> np.ndarray:
+def tokens(x, include: Optional[tuple] = CHART_QUANTITIES) -> np.ndarray:
     """The token text box -> int64 [L] ids in the loaded task's vocabulary (tasks' parser: its
-    errors name the token and show at most 20 characters of it), at most length_cap() of them."""
-    cap = length_cap()
+    errors name the token and show at most 20 characters of it), at most length_cap(include=) of
+    them: include is what the request's trace records per layer (None: every quantity)."""
+    cap = length_cap(include=include)
     try:
         return MODEL.task.parse(text(x, "the sequence"), max_len=cap)
     except TokenError as e:
-        if cap < MAX_LEN and "over the cap" in str(e):      # say why a plain LM's cap is lower
-            raise TokenError(f"{e} (the cap for a {MODEL.task.vocab_size:,}-token vocabulary: its logits "
-                             f"[L, V] are held in memory)") from None
+        if cap < MAX_LEN and "over the cap" in str(e):      # say why a large model's cap is lower
+            what = "every quantity of" if include is None else "Δ and the state norm of"
+            raise TokenError(f"{e} (the cap for a model this size: a trace of {what} its "
+                             f"{MODEL.config.n_layer} layers keeps {bytes_per_step(MODEL.lm, include) / 1024:,.0f} KB "
+                             f"per token, at most {TRACE_MAX_BYTES / 2**30:g} GiB)") from None
         raise
 
 

@@ -22,7 +22,7 @@ from viz.frames import MAX_BINS_LIMIT, TraceView, clamp_window, time_bins
 from . import common
 from .common import user_errors
 
-VIEW_QUANTITIES = ("delta", "state_norm")   # what the charts draw (exports take everything)
+VIEW_QUANTITIES = common.CHART_QUANTITIES   # what the charts draw (exports take everything)
 # the channel-order radio -> dashboard's sort, or 'top:<score>': the TOP_UNITS best units by that
 # score (viz/scale.py SCORES), the rest as one named mean row (the values are ASCII: links carry them)
 SORTS = {"index": "index", "Δ ratio": "ratio",
@@ -81,7 +81,7 @@ def induction_only(what: str) -> None:
 
 def trace_view(tokens_text, include: Optional[tuple] = VIEW_QUANTITIES):
     """(Trace, TraceView, seconds the model took) of the text box's sequence."""
-    tokens = common.tokens(tokens_text)
+    tokens = common.tokens(tokens_text, include)          # the cap of what this trace keeps
     common.model()
     t = time.perf_counter()
     tr = common.run_trace(tokens, include)

@@ -4,6 +4,9 @@ writes the caption).
 
     export_figure("dashboard", "png", 300, <every widget the charts read>) -> path of the file
 
+Every widget a tab's chart reads is a parameter here (the Patching and Logit lens tabs' "read at
+step t" too): the figure is the chart on screen, and its caption names the step read.
+
 The chart is recomputed on the server from the same widgets the tab uses (never taken from the
 page: a spec sent by a client could name any URL for vl-convert to fetch). The caption names the
 model (label, sha256), the sequence (its generator settings when the text is what they generate,
@@ -44,14 +47,17 @@ def model_line(name: Optional[str] = None) -> str:
     """The app's model (or a Mechanism-tab checkpoint choice) and its sha256."""
     if name is None:
         lm = common.model()
-        return f"model {common.MODEL.label}, sha256 {(lm.checkpoint_sha256 or 'unsaved')[:12]}"
+        # the untrained fallback model was never saved: it has no sha256
+        return f"model {common.MODEL.label}, sha256 {(getattr(lm, 'checkpoint_sha256', None) or 'unsaved')[:12]}"
     return f"model {name}, sha256 {mechanism.checkpoint_sha(name)}"
 
 
-def chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch_kind, top_k) -> tuple:
+def chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch_kind, top_k,
+                      patch_step=None, lens_step=None) -> tuple:
     """(chart, caption lines) of one chart choice. gen: the 7 generator widgets; view: (sort, bins,
     t_from, t_to, layers, stat); mech: (checkpoint, compare with, attention layer, channel,
-    intervention kind, layer, channels, t, until, value)."""
+    intervention kind, layer, channels, t, until, value); patch_step, lens_step: the Patching and
+    Logit lens tabs' "read at step t" boxes (empty: the step those tabs choose)."""
     which = common.choice(which, "figure of", CHARTS)
     tokens = common.tokens(tokens_text)
     seq = describe_sequence(tokens, gen)
@@ -85,12 +91,13 @@ def chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch
             raise ValueError("no p(M) chart: the sequence has no S M pair")
         return chart, [model_line(ck_a), seq, f"intervention: {iv_kind}, {iv_layer}, channels {common.shown(iv_ch, 40)}"]
     if which.startswith("patching"):
-        _, diff, heat = patching.chart_of(tokens_text, corrupted_text, patch_kind)
+        _, diff, heat, step = patching.chart_of(tokens_text, corrupted_text, patch_kind, patch_step)
         clean, corrupted = patching.pair(tokens_text, corrupted_text)
         return (diff if which == "patching: differences" else heat), [
-            model_line(), seq + " (clean)", patching.caption(clean, corrupted, patch_kind)]
-    _, chart = lens.chart_of(tokens_text, top_k)
-    return chart, [model_line(), seq, f"logit lens: resid_post after each layer → norm_f → head; top-{top_k}"]
+            model_line(), seq + " (clean)", f"{patching.caption(clean, corrupted, patch_kind)}; read after t = {step}"]
+    _, chart, step = lens.chart_of(tokens_text, top_k, lens_step)
+    read = "" if step is None else f"; read at t = {step}"
+    return chart, [model_line(), seq, f"logit lens: resid_post after each layer → norm_f → head; top-{top_k}{read}"]
 
 
 @user_errors
@@ -98,15 +105,17 @@ def export_figure(which: str, fmt: str, dpi: float, tokens_text: str, length, tr
                   filler_excludes_memory, memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers,
                   bin_stat, checkpoint_a, checkpoint_b, attention_layer, attention_channel, intervention_kind,
                   intervention_layer, intervention_channels, timestep, until, value, corrupted_text, patch_kind,
-                  top_k) -> str:
-    """The chart `which` as a PNG at `dpi` or an SVG, captioned; returns the stored file's path."""
+                  top_k, patch_step: Optional[str] = None, lens_step: Optional[str] = None) -> str:
+    """The chart `which` as a PNG at `dpi` or an SVG, captioned; returns the stored file's path.
+    patch_step, lens_step last (and optional): API callers from before they existed still work."""
     fmt = common.choice(fmt, "figure format", FORMATS)
     dots = figure.check_dpi(common.number(dpi, "dpi", *figure.DPI_RANGE)) if fmt == "png" else None
     gen = (length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory, memory_in_filler_every)
     view = (channel_sort, max_bins, t_from, t_to, layers, bin_stat)
     mech = (checkpoint_a, checkpoint_b, attention_layer, attention_channel, intervention_kind, intervention_layer,
             intervention_channels, timestep, until, value)
-    chart, caption = chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch_kind, top_k)
+    chart, caption = chart_and_caption(which, tokens_text, gen, view, mech, corrupted_text, patch_kind, top_k,
+                                       patch_step, lens_step)
     fig = figure.captioned(chart, caption)
     stem = "figure-" + "-".join("".join(c if c.isascii() and c.isalnum() else " " for c in which).split())
     if fmt == "svg":

@@ -17,8 +17,9 @@ TOP_K_MAX = 10
 
 
 def chart_of(tokens_text, top_k, query_step=None):
-    """(Markdown, chart) without error conversion (the figure export reuses it). query_step: the step
-    read (None: the task's first scored query; a plain LM's last step)."""
+    """(Markdown, chart, the step read or None) without error conversion (the figure export reuses it
+    and names the step). query_step: the step read (None: the task's first scored query; a plain LM's
+    last step)."""
     tokens = common.tokens(tokens_text)
     k = common.whole(top_k, "top-k", 1, TOP_K_MAX)
     step = common.optional_whole(query_step, "query step", 0, tokens.size - 1)
@@ -37,11 +38,11 @@ def chart_of(tokens_text, top_k, query_step=None):
               f"{first}. Top-{k} at the query: {tops}")
     chart = lens_chart(lens.score, lens.top_ids, lens.top_p, lab, lens.target, lens.query, lens.first_layer,
                        title=f"Logit lens, {common.MODEL.label}")
-    return md, chart
+    return md, chart, lens.query
 
 
 @user_errors
 def show_lens(tokens_text: str, top_k: float, query_step: Optional[float] = None):
     """(Markdown summary, lens chart) at query_step (empty: chosen, and the summary says which)."""
-    md, chart = chart_of(tokens_text, top_k, query_step)
+    md, chart, _ = chart_of(tokens_text, top_k, query_step)
     return md, PlotData(type="altair", plot=charts.spec_json(chart))

@@ -110,8 +110,9 @@ def caption(clean, corrupted, kind: str) -> str:
 
 
 def chart_of(tokens_text, corrupted_text, kind, query_step=None):
-    """(Markdown, difference chart, patching heatmap) without error conversion (the figure export reuses it).
-    query_step: the step whose prediction is scored (None: analysis.patching.readout_for's choice)."""
+    """(Markdown, difference chart, patching heatmap, the step read) without error conversion (the
+    figure export reuses it and names the step). query_step: the step whose prediction is scored
+    (None: analysis.patching.readout_for's choice)."""
     clean, corrupted = pair(tokens_text, corrupted_text)
     what = KINDS[common.choice(kind, "patched activation", list(KINDS))]
     step = common.optional_whole(query_step, "query step", 0, clean.size - 1)
@@ -132,12 +133,12 @@ def chart_of(tokens_text, corrupted_text, kind, query_step=None):
           f"| | " + " | ".join(pat.groups) + " |\n|---|" + "---|" * len(pat.groups) + "\n" + rows)
     diff = difference_chart(cmp.p_target_clean, cmp.p_target_corrupted, cmp.delta_diff, cmp.norm_diff)
     heat = patching_heatmap(pat.p, pat.positions, pat.groups, pat.p_clean, pat.p_corrupted, kind=what)
-    return md, diff, heat
+    return md, diff, heat, ro.step
 
 
 @user_errors
 def run_patching(tokens_text: str, corrupted_text: str, kind: str, query_step: Optional[float] = None):
     """(Markdown summary, difference chart, patching heatmap) of the clean / corrupted pair, scored
     after query_step (empty: chosen, and the summary says which)."""
-    md, diff, heat = chart_of(tokens_text, corrupted_text, kind, query_step)
+    md, diff, heat, _ = chart_of(tokens_text, corrupted_text, kind, query_step)
     return md, _plot(diff), _plot(heat)
