@@ -99,6 +99,23 @@ def _model(name):
     return compare.load_named(CHECKPOINT_DIR, name, common.DEVICE)
 
 
+def _task_checkpoint(name):
+    """_model(name), refused when the app's model has a task and this checkpoint is a plain LM
+    (analysis.compare.task_of is None): it has no M, write position or Δ ratio, and the task's
+    sequence and token labels mean nothing to it."""
+    lm = _model(name)
+    if common.is_plain_lm():
+        return lm
+    theirs, ours = compare.task_of(lm), common.MODEL.task
+    if theirs is None:
+        raise ValueError(f"{shown(name)} is a plain language model (no task): it has no memory token M or Δ ratio, "
+                         f"and this {ours.name} sequence means nothing to it; choose a task checkpoint")
+    if (theirs.name, theirs.vocab_size) != (ours.name, ours.vocab_size):
+        raise ValueError(f"{shown(name)} was trained on {theirs.name} (vocabulary {theirs.vocab_size}), this app's "
+                         f"sequence is {ours.name} (vocabulary {ours.vocab_size}): choose a {ours.name} checkpoint")
+    return lm
+
+
 def _plot(chart) -> PlotData:
     return PlotData(type="altair", plot=charts.spec_json(chart))
 
@@ -145,7 +162,7 @@ def compare_charts(tokens_text, checkpoint_a, checkpoint_b) -> tuple:
     tokens = common.tokens(tokens_text)
     rows, charts_ = [], []
     for name in (checkpoint_a, checkpoint_b):
-        lm = _model(name)
+        lm = _task_checkpoint(name)
         if common.is_plain_lm():     # no write position: the last step's prediction and the mean loss
             tr = trace(lm, tokens, include=())
             loss = -np.nanmean(tr.logp_next.astype(np.float64)) if len(tokens) > 1 else float("nan")
@@ -197,7 +214,7 @@ def intervene(tokens_text: str, checkpoint: str, kind: str, layer: str, channels
 def intervention_chart(tokens_text, checkpoint, kind, layer, channels_text, timestep, until, value) -> tuple:
     """intervene's (Markdown, chart or None); no error conversion."""
     tokens = common.tokens(tokens_text)
-    lm = _model(checkpoint)
+    lm = _task_checkpoint(checkpoint)
     kind = common.choice(kind, "intervention", compare.INTERVENTIONS)
     li = common.layer_index(layer, lm.config.n_layer)
     t = common.whole(timestep, "timestep", optional=True)

@@ -165,8 +165,9 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
         if isinstance(v, str) and v in names:
             q[key] = v
     q["tab"] = common.choice(tab or "explore", "tab", TABS)
-    if common.MODEL.lm is not None and common.MODEL.lm.checkpoint_sha256:
-        q["model"] = common.MODEL.lm.checkpoint_sha256[:12]
+    sha = getattr(common.MODEL.lm, "checkpoint_sha256", None)      # None: no model, or an unsaved one
+    if sha:
+        q["model"] = sha[:12]
     return "?" + urlencode(q, safe=",")
 
 
@@ -234,8 +235,7 @@ def parse(query: dict) -> tuple:
     take("ckpt", lambda v: {"checkpoint": common.choice(v, "checkpoint", names)})
     take("cmp", lambda v: {"compare": common.choice(v, "checkpoint", names)})
     take("tab", lambda v: {"tab": common.choice(v, "tab", TABS)})
-    own = common.MODEL.lm.checkpoint_sha256[:12] if common.MODEL.lm is not None and common.MODEL.lm.checkpoint_sha256 \
-        else None
+    own = (getattr(common.MODEL.lm, "checkpoint_sha256", None) or "")[:12] or None
     if "model" in query and query["model"] != own:
         notes.append(f"the link was made with model {common.shown(query['model'], 20)}; this server runs "
                      f"{own or 'no saved checkpoint'!r}")

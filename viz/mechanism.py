@@ -183,7 +183,9 @@ def intervention_chart(checkpoint: Sequence[str], intervention: Sequence[str], a
 def prediction_markdown(rows: Sequence[tuple], labels: Sequence[str]) -> str:
     """A Markdown table of query predictions: rows of (name, top token, p(top), M, p(M), note);
     labels: the task's token labels (tasks.Task.labels), indexed by id."""
-    tok = lambda v: "–" if v is None else labels[int(v)]  # noqa: E731
+    def tok(v) -> str:               # an id outside the labels (another model's vocabulary): shown as its id
+        return "–" if v is None else labels[int(v)] if 0 <= int(v) < len(labels) else f"id {int(v)}"
+
     lines = ["| | top token at the query | p(top) | M | p(M) | |", "|---|---|---|---|---|---|"]
     for name, top, p_top, m, p_m, note in rows:
         pm = "–" if p_m is None else f"{p_m:.3g}"
