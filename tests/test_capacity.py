@@ -17,6 +17,7 @@ def test_capacity_sweep_writes_results_table_and_figure_data(tmp_path, capsys):
     assert fig["chart"] == "capacity_chart" and fig["kwargs"]["pairs"] == [1, 3, 1, 3]
     md = (tmp_path / "docs" / "capacity.md").read_text()
     assert "| d_state N | state per layer | D=1 | D=3 | training (min) |" in md and "Largest D recalled" in md and "V = 64" in md
+    assert "Not learned: d_state 2, 4 recall under 90% even at D = 1" in md        # 2 steps learn nothing
     saved = json.loads((out / "results.json").read_text())["settings"]
     assert saved["vocab"] == 64 and saved["length"] == 10
     # a second process with another size adds its rows; --score-only re-scores a trained size

@@ -1,7 +1,7 @@
 """MQAR capacity, measured: accuracy as a function of the number of key-value pairs D for models
 that differ only in their state size N (d_state), at one sequence length.
 
-    python -m training.capacity                                # the defaults below (~80 min, 1 core)
+    python -m training.capacity                                # the defaults below (~2.5 h, 1 core)
     python -m training.capacity --d-states 4,16 --steps 300    # a quick look
     python -m viz.figures docs/capacity/figures.json           # the plot (make capacity runs both)
 
@@ -174,6 +174,11 @@ def report(settings: dict, rows: list) -> str:
         ok = [d for d in pairs if acc[N, d] >= 0.5]
         half.append(f"N={N}: {'none' if not ok else 'D=' + str(max(ok))}")
     lines += ["Largest D recalled at >= 50%: " + "; ".join(half) + ".", ""]
+    stuck = [N for N in states if acc[N, pairs[0]] < 0.9]
+    if stuck:     # below 90% at the fewest pairs: the model has not learned recall at all
+        lines += [f"Not learned: d_state {', '.join(map(str, stuck))} recall{'s' if len(stuck) == 1 else ''} "
+                  f"under 90% even at D = {pairs[0]}, where any state size has room; such a curve measures "
+                  "whether training left MQAR's plateau in the steps given, not the state's capacity.", ""]
     return "\n".join(lines)
 
 
