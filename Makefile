@@ -52,7 +52,7 @@ memory: $(VENV)/.installed
 	$(VENV)/bin/python -m analysis.memory_report checkpoints/mqar-2layer.safetensors --length 256 --options '{"n_pairs": 16}'
 	for f in docs/memory/*/figures.json; do $(VENV)/bin/python -m viz.figures $$f || exit 1; done
 
-# docs/capacity.md and its plot: MQAR accuracy vs pairs for d_state 4..32 (one training per size, ~2.5 h on one core)
+# docs/capacity.md and its plot: MQAR accuracy vs pairs for d_state 4..32 (one training per size, ~75 min on one quiet core)
 CAPACITY_FLAGS ?=
 capacity: $(VENV)/.installed
 	$(VENV)/bin/python -m training.capacity $(CAPACITY_FLAGS)

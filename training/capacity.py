@@ -1,7 +1,7 @@
 """MQAR capacity, measured: accuracy as a function of the number of key-value pairs D for models
 that differ only in their state size N (d_state), at one sequence length.
 
-    python -m training.capacity                                # the defaults below (~2.5 h, 1 core)
+    python -m training.capacity                                # the defaults below (~75 min on 1 quiet core)
     python -m training.capacity --d-states 4,16 --steps 300    # a quick look
     python -m viz.figures docs/capacity/figures.json           # the plot (make capacity runs both)
 
