@@ -288,8 +288,8 @@ def build_ui() -> gr.Blocks:
         wire(b_html.click, export.export_html, view_in, out_file, "export_html")
         # links: the page's own query string on load (then the view), "copy link", and /open_link for programs
         link_outputs = [text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b, tab_box, tabs,
-                        link_note]
-        link_in = [text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b, tab_box]
+                        p_step, lens_step, link_note]
+        link_in = [text, *gen_widgets, sort, bins, t_from, t_to, layers, stat, ck_a, ck_b, tab_box, p_step, lens_step]
         wire(wire(demo.load, permalink.restore, None, link_outputs, lane=light).then,
              explore.show_plot, view_in, view_out)
         wire(copy_link.click, permalink.link, link_in, link_box, "permalink", light).success(

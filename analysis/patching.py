@@ -116,13 +116,16 @@ def _check_pair(clean, corrupted) -> tuple:
 
 def _p_target(lm, tr, tokens: np.ndarray, target: int) -> np.ndarray:
     """[L] p(target) at every step: the trace's probs, or (a large vocabulary, whose trace keeps
-    only the top-k) a softmax of the model's logits in row blocks."""
+    only the top-k) a softmax of each block of logits as model.run hands it over (never [L, V])."""
     if tr.probs is not None:
         return tr.probs[:, target].astype(np.float64)
-    with torch.no_grad():
-        logits = run(lm, torch.from_numpy(tokens)[None].to(lm.device)).logits[0, :, :lm.config.vocab_size]   # [L, V]
-        return torch.cat([torch.log_softmax(logits[s:s + 256].float(), -1)[:, target].exp()
-                          for s in range(0, logits.shape[0], 256)]).double().cpu().numpy()
+    p, V = np.empty(len(tokens), np.float64), lm.config.vocab_size
+
+    def head(logits, t0):                                        # logits [1, rows, V']
+        lp = torch.log_softmax(logits[0, :, :V].float(), -1)[:, target]      # [rows]
+        p[t0:t0 + lp.shape[0]] = lp.exp().double().cpu().numpy()
+    run(lm, torch.from_numpy(tokens)[None].to(lm.device), head=head)
+    return p
 
 
 def compare_runs(lm, clean, corrupted, target: Optional[int] = None, task: Optional[Task] = None) -> Comparison:

@@ -87,9 +87,10 @@ def main(argv=None):
     p.add_argument("--models", default="mamba1,mamba2", help="comma-separated: mamba1, mamba2 (the 130m configs)")
     p.add_argument("--length", type=int, default=512, help="tokens L (B = 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cell after one warm-up (HF: half)")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (a loaded machine measures best at 1)")
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     rows = [bench(m, args.length, args.repeats) for m in args.models.split(",") if m]
     print("| model | L | ours forward | trace (Δ, norms, top-k) | trace, full probs | trace MB top-k / full | "
           "matmul floor | HF | ours vs HF | ours / floor | trace / forward | load |")

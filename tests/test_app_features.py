@@ -15,6 +15,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -306,6 +307,29 @@ def test_memory_is_released_once_the_heavy_lane_is_idle(monkeypatch):
     assert limits.trims == calls + 1 or limits._LIBC is None
 
 
+def test_heavy_requests_share_the_cores(monkeypatch, tmp_path):
+    """A lone heavy request takes every core (mamba-130m at L = 512: 1.9 s on 2 threads, 3.1 s on 1);
+    two at once take one each; a CPU quota below the affinity counts (a container's cpu.max)."""
+    from ui import limits
+    seen = []
+    monkeypatch.setattr(limits, "_cores", 0)
+    limits.share_cores(2)
+    before = torch.get_num_threads()
+    try:
+        limits.heavy(lambda: seen.append(torch.get_num_threads()))()
+        monkeypatch.setattr(limits, "_running", 1)                   # another heavy request is running
+        limits.heavy(lambda: seen.append(torch.get_num_threads()))()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1]
+    assert [limits.threads_for(n) for n in (1, 2, 3)] == [2, 1, 1]
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert limits.available_cores(quota) == min(2, limits.available_cores(tmp_path / "absent"))
+    quota.write_text("max 100000\n")
+    assert limits.available_cores(quota) == limits.available_cores(tmp_path / "absent") >= 1
+
+
 # ---------------------------------------------------------------- permalinks, in-process
 def test_permalink_round_trip_in_process():
     import app  # noqa: F401  (loads the model and lays out the app)
@@ -317,6 +341,13 @@ def test_permalink_round_trip_in_process():
     out = permalink.open_link(q)
     assert out[:14] == (text, *gen, "Δ ratio", 128, 5, 200, ["layer 2"], "mean") and out[16] == "lens"
     assert out[-1] == ""                                          # restored in full
+    assert out[-3:-1] == ("", "")                                 # the two "read at step t" boxes: empty
+    q = permalink.link(text, *gen, "index", 64, None, None, ["layer 2"], "max", None, None, "patching", "250", 199)
+    assert "&pstep=250&lstep=199" in q and permalink.open_link(q)[-3:] == ("250", "199", "")
+    with pytest.raises(gr.Error, match="patching: read after step t 300 is out of range 0..299"):
+        permalink.link(text, *gen, "index", 64, None, None, ["layer 2"], "max", None, None, "patching", "300", "")
+    note = permalink.open_link("?seq=1,2,3&lstep=x")[-1]
+    assert "`lstep`" in note and "logit lens: read at step t" in note
     short = "1 2 S 5 3 4 3 S"
     assert permalink.link(short, *gen, "index", 64, None, None, LAYERS, "max", None, None, "explore").startswith(
         "?seq=1,2,S,5,3,4,3,S&")

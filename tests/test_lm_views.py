@@ -198,6 +198,43 @@ def test_top_k_channels_and_the_named_rest_row():
     assert np.allclose(var, d[5:20].astype(np.float64).var(0))
 
 
+def test_a_wide_layer_pools_consecutive_channels_and_keeps_every_value():
+    """1,536 channels one per row made each heatmap 3,072 px tall and a 61 MB page; rows of 12, named."""
+    view = synthetic_view(n_layer=2, U=300, L=40)                  # 300 > MAX_UNIT_ROWS = 128: 3 per row, 100 rows
+    d, n = view.delta[1].astype(np.float64), view.state_norm[1].astype(np.float64)
+    assert scale.pool_size(300) == 3 and scale.pool_size(128) == 1 and scale.pool_size(129) == 2
+    vmax, vmean, labels = scale.pool_units(d, 3, "channel")
+    assert vmax.shape == vmean.shape == (40, 100) and labels[0] == "channels 0–2" and labels[-1] == "channels 297–299"
+    assert np.allclose(vmax[:, 5], d[:, 15:18].max(1)) and np.allclose(vmean[:, 5], d[:, 15:18].mean(1))
+    odd_max, odd_mean, odd = scale.pool_units(d[:, :7], 3, "head")     # the last run is shorter, its own mean
+    assert odd == ["heads 0–2", "heads 3–5", "head 6"] and np.allclose(odd_mean[:, 2], d[:, 6])
+    for bins, width in ((1024, 1), (8, 5)):
+        spec = charts.dashboard(view, max_bins=bins, layers=[1]).to_dict()
+        text = json.dumps(spec, ensure_ascii=False)
+        assert "all 300 channels, 3 per row" in text and "max over each row's channels" in text
+        assert param(spec, "cells_delta_2_label_text")[:2] == ["channels 0–2", "channels 3–5"]
+        nb = 40 // width
+        cells = np.array(param(spec, "cells_delta_2_max_text"), dtype=float).reshape(nb, 100)
+        means = np.array(param(spec, "cells_norm_2_mean_text"), dtype=float).reshape(nb, 100)
+        # a cell's max: over its channels and its time bin; its mean: of both
+        assert np.allclose(cells, d.reshape(nb, width, 100, 3).max(axis=(1, 3)), rtol=1e-3)
+        assert np.allclose(means, n.reshape(nb, width, 100, 3).mean(axis=(1, 3)), rtol=1e-3)
+    mean_view = json.dumps(charts.dashboard(view, max_bins=1024, layers=[1], stat="mean").to_dict(), ensure_ascii=False)
+    assert "mean over each row's channels" in mean_view            # one step per bin: the stat still chooses
+    narrow = json.dumps(charts.dashboard(synthetic_view(n_layer=2, U=128), max_bins=64).to_dict(), ensure_ascii=False)
+    assert "per row" not in narrow                                  # 128 channels: one row each, as before
+    top = json.dumps(charts.dashboard(view, max_bins=64, top_units=64, score="max_delta").to_dict(), ensure_ascii=False)
+    assert "top 64 channels by max Δ" in top and "per row" not in top
+
+
+def test_pooled_ratio_rows_name_their_best_channel():
+    frame = pd.DataFrame({"channel": np.arange(7), "write": np.ones(7), "write_step": np.zeros(7),
+                          "filler_median": np.ones(7), "ratio": [1.0, 5.0, 2.0, 9.0, 3.0, 1.0, 4.0]})
+    pooled = scale.ratio_pooled(frame, 3, "channel")
+    assert pooled["ratio"].tolist() == [5.0, 9.0, 4.0] and pooled["channel"].tolist() == [0, 1, 2]
+    assert pooled["name"].tolist() == ["channels 0–2: max at 1", "channels 3–5: max at 3", "channel 6: max at 6"]
+
+
 # ---------------------------------------------------------------- the app on a plain LM
 def test_explore_and_exports_on_a_plain_lm(app_model, text_dir, tmp_path, monkeypatch):
     from ui import explore, export, storage

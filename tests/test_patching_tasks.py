@@ -96,6 +96,13 @@ def test_a_large_vocabulary_scores_without_full_probs():
     assert np.allclose(cmp.p_target_clean, want, rtol=1e-4, atol=1e-9)
     pat = patching.patch_sweep(lm, clean, corrupted, kind="output", target=ro.target, task=task)
     assert pat.p_clean == pytest.approx(want[-1], rel=1e-4) and np.isfinite(pat.p).all()
+    long = np.random.default_rng(0).integers(0, 1100, 600)           # three blocks of the head, the last short
+    long_bad = long.copy()
+    long_bad[5] = (long[5] + 1) % 1100
+    cmp = patching.compare_runs(lm, long, long_bad, target=7, task=task)
+    with torch.no_grad():
+        want = torch.softmax(lm(torch.as_tensor(long)[None])[0].double(), -1)[:, 7].numpy()
+    assert cmp.p_target_clean.shape == (600,) and np.allclose(cmp.p_target_clean, want, rtol=1e-4, atol=1e-9)
 
 
 def test_patching_tab_on_a_plain_lm(use):

@@ -26,7 +26,7 @@ from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
 from model.trace import bytes_per_step
 from tasks import INDUCTION, MAX_LEN, IdTask, Task, TokenError, task_for
 
-from .limits import HEAVY_CONCURRENCY, limit_arenas
+from .limits import HEAVY_CONCURRENCY, available_cores, limit_arenas, share_cores
 
 try:                                     # Hugging Face ZeroGPU: the GPU is lent per decorated call
     import spaces
@@ -37,6 +37,7 @@ except ImportError:
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "induction-2layer.safetensors"
 CHECKPOINT_ENV = "MAMBASCOPE_CHECKPOINT"
+THREADS_ENV = "MAMBASCOPE_THREADS"       # torch threads per request, fixed (default: the cores shared)
 FRESH_SEED = 0                           # the untrained fallback model is reproducible
 CONCURRENCY = HEAVY_CONCURRENCY          # model runs at once, all heavy endpoints together (ui/limits.py)
 SHOWN_CHARS = 60                         # of the user's input, at most, in an error message
@@ -58,13 +59,19 @@ DEVICE = torch.device("cuda" if (torch.cuda.is_available() or ZERO_GPU) else "cp
 
 
 def configure_cpu() -> None:
-    """Server setup on CPU (once, at start): one intra-op thread per concurrent request (with
-    CONCURRENCY requests on few cores more threads oversubscribe them: a 16k trace took 2.6 s
-    with 1 thread vs 55 s with 2 under load), freed activations kept in the process between
-    requests, and few malloc arenas so that an idle server can hand the memory back (ui/limits.py)."""
+    """Server setup on CPU (once, at start): the cores shared among the heavy requests running
+    (ui/limits.share_cores: a lone request gets all of them; with CONCURRENCY requests on few cores
+    more threads than cores oversubscribe them: a 16k trace took 2.6 s with 1 thread vs 55 s with
+    2 beside other work), or THREADS_ENV threads per request where the machine runs other work
+    too; freed activations kept in the process between requests, and few malloc arenas so that an
+    idle server can hand the memory back (ui/limits.py)."""
     limit_arenas()
     if DEVICE.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // CONCURRENCY))
+        cores = available_cores()
+        fixed = os.environ.get(THREADS_ENV, "").strip()
+        per_request = int(fixed) if fixed.isdigit() and int(fixed) > 0 else 0
+        torch.set_num_threads(per_request or max(1, cores // CONCURRENCY))
+        share_cores(0 if per_request else cores)
         keep_freed_memory()
 
 

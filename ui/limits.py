@@ -21,6 +21,11 @@ after a burst, and no uploads.
                 threads: RSS after the trim +60..80% over idle with glibc's default arenas,
                 +3..4% with 2)
     uploads     the app has no file input: POST /gradio_api/upload (and any multipart body) gets 403
+    threads     with share_cores(n) (ui/common.configure_cpu on a CPU server), each heavy request sets
+                its own torch threads to n // (heavy requests running, itself included) when it
+                starts: a lone request gets every core (mamba-130m's 512-token trace: 1.9 s on 2
+                threads vs 3.1 s on 1, a quiet 2-core machine), two at once one each. torch keeps the
+                setting per worker thread (OpenMP's thread count is per calling thread)
 
 Wiring: app.py passes each event's lane to `event_kwargs`, wraps heavy adapters in `heavy`, calls
 `limit_per_client(demo)` after demo.queue(), and launches with `app_kwargs()`.
@@ -29,8 +34,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import os
 import platform
 import threading
+from pathlib import Path
 from functools import wraps
 
 from fastapi import HTTPException
@@ -66,6 +74,7 @@ def _libc():
 _LIBC = _libc()
 _LOCK = threading.Lock()
 _running = 0                              # heavy requests in progress
+_cores = 0                                # > 0: heavy requests share this many cores (share_cores)
 _generation = 0                           # bumped by every heavy request's end: a stale timer does nothing
 trims = 0                                 # malloc_trim calls so far (tests read it)
 
@@ -93,14 +102,44 @@ def _trim_if_still_idle(generation: int) -> None:
         release_memory()
 
 
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, and less under a cgroup v2 CPU quota ("200000
+    100000" = 2 cores), which containers such as a Space's get while os.cpu_count() reports the host's."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def share_cores(cores: int) -> None:
+    """From now on each heavy request starts with torch threads = cores // heavy requests running
+    (0: leave the threads alone)."""
+    global _cores
+    _cores = max(0, int(cores))
+
+
+def threads_for(running: int) -> int:
+    """torch threads for a heavy request that starts with `running` of them in progress, itself included."""
+    return max(1, _cores // max(1, running))
+
+
 def heavy(fn):
     """A heavy adapter, counted: when the last running one ends and none starts within
-    TRIM_AFTER_IDLE_S, release_memory() runs (on a timer thread, not in anyone's request)."""
+    TRIM_AFTER_IDLE_S, release_memory() runs (on a timer thread, not in anyone's request). With
+    share_cores, it first takes its share of the cores."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         global _running, _generation
         with _LOCK:
             _running += 1
+            running = _running
+        if _cores:
+            import torch            # here: the rest of this module is plain Python, and its tests too
+            torch.set_num_threads(threads_for(running))
         try:
             return fn(*args, **kwargs)
         finally:

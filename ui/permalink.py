@@ -1,7 +1,8 @@
 """Permalinks: the whole view in the URL's query string, and back.
 
     ?gen=256,-1,-1,0,1,0,0&sort=ratio&bins=64&layers=1,2&stat=max&tab=explore&model=1a2b3c4d5e6f
-    (also ckpt= and cmp=: the Mechanism tab's two checkpoints; from= and to=: the time window)
+    (also ckpt= and cmp=: the Mechanism tab's two checkpoints; from= and to=: the time window;
+    pstep= and lstep=: the Patching and logit-lens tabs' "read at step t" boxes)
     ?seq=3,7,1,S,9,4,S&from=2&to=6 ...        # a short sequence, token by token
     ?text=The+cat+sat%2C+on+the+mat ...       # a text model's text, exactly as typed (URL-encoded)
     ?h=9f86d081884c7d65 ...                   # a long sequence the server has seen, by hash
@@ -64,6 +65,8 @@ class View:
     checkpoint: Optional[str] = None
     compare: Optional[str] = None
     tab: str = "explore"
+    patch_step: Optional[int] = None      # the Patching tab's "read after step t" (None = chosen)
+    lens_step: Optional[int] = None       # the logit lens's "read at step t"
 
 
 def default_view() -> View:
@@ -147,7 +150,7 @@ def _sequence_query(tokens: np.ndarray, g: Optional[ind.Generator], text: str) -
 @common.user_errors
 def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory,
          memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers, bin_stat, checkpoint_a,
-         checkpoint_b, tab) -> str:
+         checkpoint_b, tab, patch_step=None, lens_step=None) -> str:
     """The query string ('?...') of the current view; the page prefixes its own address."""
     tokens = common.tokens(tokens_text)
     settings = explore.view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
@@ -165,6 +168,11 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
         if isinstance(v, str) and v in names:
             q[key] = v
     q["tab"] = common.choice(tab or "explore", "tab", TABS)
+    for key, v, field in (("pstep", patch_step, "patching: read after step t"),
+                          ("lstep", lens_step, "logit lens: read at step t")):
+        step = common.optional_whole(v, field, 0, len(tokens) - 1)
+        if step is not None:
+            q[key] = step
     sha = getattr(common.MODEL.lm, "checkpoint_sha256", None)      # None: no model, or an unsaved one
     if sha:
         q["model"] = sha[:12]
@@ -235,6 +243,8 @@ def parse(query: dict) -> tuple:
     take("ckpt", lambda v: {"checkpoint": common.choice(v, "checkpoint", names)})
     take("cmp", lambda v: {"compare": common.choice(v, "checkpoint", names)})
     take("tab", lambda v: {"tab": common.choice(v, "tab", TABS)})
+    take("pstep", lambda v: {"patch_step": whole(v, "patching: read after step t", 0)})
+    take("lstep", lambda v: {"lens_step": whole(v, "logit lens: read at step t", 0)})
     own = (getattr(common.MODEL.lm, "checkpoint_sha256", None) or "")[:12] or None
     if "model" in query and query["model"] != own:
         notes.append(f"the link was made with model {common.shown(query['model'], 20)}; this server runs "
@@ -248,7 +258,8 @@ def outputs(view: View, notes: list) -> tuple:
     note = ("⚠️ This link could not be restored in full: " + "; ".join(notes)) if notes else ""
     return (view.text, g.length, g.trigger_pos, g.memory, g.seed, g.n_triggers, g.filler_excludes_memory,
             g.memory_in_filler_every, view.sort, view.bins, view.t_from, view.t_to, list(view.layers), view.stat,
-            view.checkpoint, view.compare, view.tab, gr.Tabs(selected=view.tab), note)
+            view.checkpoint, view.compare, view.tab, gr.Tabs(selected=view.tab),
+            *("" if s is None else str(s) for s in (view.patch_step, view.lens_step)), note)
 
 
 @common.user_errors

@@ -141,7 +141,7 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
                     name: str, stat: str = "max", scheme: str = "viridis", unit: str = "channel",
-                    labels: Optional[list] = None, y_title: Optional[str] = None) -> tuple:
+                    labels: Optional[list] = None, y_title: Optional[str] = None, pooled: bool = False) -> tuple:
     """timestep x unit heatmap of one [L, U] quantity, units (channels, or heads: `unit`) top to
     bottom in `order`.
 
@@ -154,9 +154,11 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
     which the readout shows and an export of the spec holds.
     labels: each row's name in `order`'s order (layers of the overview, the top-k units and the
     'other N: mean' row; viz/scale.py), on the axis and in the readout; y_title: the axis title.
+    pooled: each row pools several units (viz/scale.pool_units; frame has both max and mean): `stat`
+    then chooses the colour even at one step per bin, and the title says over what it is taken.
     Returns (layer chart, params): the params (hover.selection, hover.params) belong at the
     top level of the chart the layer ends up in, where the readout's expressions see them."""
-    stat = stat if bins.width > 1 else "max"           # one step: max == mean == the value
+    stat = stat if bins.width > 1 or pooled else "max"     # one step, one unit: max == mean == the value
     D = len(order)
     px = unit_px(D)
     nb = len(bins.start)
@@ -189,11 +191,12 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                                                    "condition": {"param": TIME_PARAM, "value": 0.0, "empty": True}}))
     legend = alt.Chart(alt.InlineData(values=[{"v": domain[0]}]), mark={"type": "point", "opacity": 0, "size": 0},
                        encoding=alt.FacetedEncoding(color={
-                           "field": "v", "type": "quantitative", "title": what if bins.width == 1 else f"{what} ({stat})",
+                           "field": "v", "type": "quantitative", "title": what if bins.width == 1 and not pooled else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
     readout = hover.readout(frame, bins, order, name, what, WIDTH, px, unit, labels=labels is not None)
-    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D,
-                      title=f"{title} ({_bin_note(bins, stat)})")
+    note = _bin_note(bins, stat) if not pooled else \
+        f"{stat} over each row's {unit}s" + ("" if bins.width == 1 else f" and {bins.width}-step bins")
+    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D, title=f"{title} ({note})")
     return layer, [hover.selection(name), *hover.params(frame, tokens, order, name, labels)]
 
 
@@ -226,7 +229,9 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
     t_from/t_to: the time window [t_from, t_to) (None = whole sequence); layers: layer indices to
     draw (None = all); stat: 'max' or 'mean', what a heatmap cell's colour shows when binned.
     top_units: draw only this many units per layer, the best by `score` (viz/scale.py SCORES), the
-    rest as one 'other N: mean' row (None: every unit); overview: the layer x time overview
+    rest as one 'other N: mean' row (None: every unit; a layer wider than scale.MAX_UNIT_ROWS then
+    pools runs of consecutive units per row in index order, and takes its top scale.TOP_UNITS by
+    the Δ ratio in ratio order); overview: the layer x time overview
     above the layers (None: for models deeper than scale.OVERVIEW_MIN_LAYERS - 1 layers).
     A plain LM (view.is_lm) gets the LM views (viz/lm.py) where a task model has its predictions."""
     # imported here: both build on this module's chart functions
@@ -258,29 +263,40 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
         rows, views, heatmap_params = rows + o_rows, views + o_views, o_params
     unit = view.unit
     per_unit, norm_of = UNIT_WORDS[unit]
+    U = view.n_units
+    if top_units is None and sort == "ratio" and U > scale.MAX_UNIT_ROWS and ratios is not None:
+        top_units, score = scale.TOP_UNITS, "ratio"        # a wide layer by Δ ratio: its top units, named
+    group = scale.pool_size(U) if sort == "index" and (top_units is None or top_units >= U) else 1
     for i in layers:
         ratio = None if ratios is None else ratio_frame(ratios[i])
         delta, norm, labels, note = view.delta[i], view.state_norm[i], None, ""
-        if top_units is not None and top_units < view.n_units:
+        delta_mean = norm_mean = None                                 # [L, rows] where a row pools units
+        if top_units is not None and top_units < U:
             kept = scale.top_units(scale.unit_scores(score, delta, norm, bins.t0, bins.t1,
                                                      None if ratios is None else ratios[i].ratio), top_units)
             (delta, labels), (norm, _) = scale.keep_top(delta, kept, unit), scale.keep_top(norm, kept, unit)
-            note = f" · top {top_units} {unit}s by {scale.SCORES[score]}, last row: the other {view.n_units - top_units}'s mean"
+            note = f" · top {top_units} {unit}s by {scale.SCORES[score]}, last row: the other {U - top_units}'s mean"
             ratio = None if ratio is None else scale.ratio_rows(ratio, kept)
+            order = list(range(delta.shape[1]))
+        elif group > 1:
+            delta, delta_mean, labels = scale.pool_units(delta, group, unit)
+            norm, norm_mean, _ = scale.pool_units(norm, group, unit)
+            note = f" · all {U} {unit}s, {group} per row"
+            ratio = None if ratio is None else scale.ratio_pooled(ratio, group, unit)
             order = list(range(delta.shape[1]))
         else:
             order = unit_order(None if ratios is None else ratios[i].ratio, view.delta[i].shape[1], sort)
-        dh, params = channel_heatmap(heatmap_frame(delta, bins), tokens, bins, order,
+        dh, params = channel_heatmap(heatmap_frame(delta, bins, delta_mean), tokens, bins, order,
                                      f"Layer {i + 1}: Δ (step size, after softplus){per_unit}{note}", "Δ",
-                                     f"delta_{i + 1}", stat, unit=unit, labels=labels)
+                                     f"delta_{i + 1}", stat, unit=unit, labels=labels, pooled=group > 1)
         heatmap_params += params
         # a layer placed in a concat beside other charts (or alone in the vconcat) gets its view
         # renamed by Altair (delta_1 -> delta_0): each layer sits in its own one-chart hconcat
         dh = alt.hconcat(dh)
         rows.append(alt.hconcat(dh, ratio_chart(ratio, order, view.windows, unit)) if ratio is not None else dh)
-        nh, params = channel_heatmap(heatmap_frame(norm, bins), tokens, bins, order,
+        nh, params = channel_heatmap(heatmap_frame(norm, bins, norm_mean), tokens, bins, order,
                                      f"Layer {i + 1}: hidden-state norm {norm_of}{note}", "‖h‖", f"norm_{i + 1}",
-                                     stat, "magma", unit, labels=labels)
+                                     stat, "magma", unit, labels=labels, pooled=group > 1)
         heatmap_params += params
         rows.append(alt.hconcat(nh))
         rows.append(series_chart(series_frame({f"layer {i + 1}": total_state_norm(view.state_norm[i])},

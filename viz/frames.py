@@ -224,24 +224,30 @@ def token_frame(view: TraceView, bins: Bins) -> pd.DataFrame:
                          "token": _bin_tokens(view, bins), "role": np.array(role_names(view.task))[r]})
 
 
-def _stats(vmax: np.ndarray, vmean: np.ndarray, bins: Bins) -> dict:
+def _stats(vmax: np.ndarray, vmean: np.ndarray, bins: Bins, both: bool = False) -> dict:
     """Bin statistics as columns: 'max' always; 'mean' only when a bin holds more than one step
-    (at width 1 both are the value itself, so the column would only double the page size)."""
+    (at width 1 both are the value itself, so the column would only double the page size) or
+    `both` (a cell pools several units)."""
     out = {"max": vmax.reshape(-1)}
-    if bins.width > 1:
+    if bins.width > 1 or both:
         out["mean"] = vmean.reshape(-1)
     return out
 
 
-def heatmap_frame(values: np.ndarray, bins: Bins) -> pd.DataFrame:
+def heatmap_frame(values: np.ndarray, bins: Bins, mean_values: Optional[np.ndarray] = None) -> pd.DataFrame:
     """values [L, U] -> one row per (bin, unit): t (bin start), channel (the unit id: a channel or
     a head), max[, mean]. Rows are time-major (bin 0 units 0..U-1, bin 1 ...); n_bins * U rows,
     none dropped.
+    mean_values [L, U]: where a row pools several units (viz/scale.pool_units), `values` holds their
+    max and this their mean at each step: max is then the max of values over the bin, mean the mean
+    of mean_values, and both columns are kept even at one step per bin.
     viz/charts.py draws it as an image and ships the values for the pointer readout."""
     vmax, vmean = bins.reduce(values)                                 # [nb, D] each
+    if mean_values is not None:
+        _, vmean = bins.reduce(mean_values)
     nb, D = vmax.shape
     return pd.DataFrame({"t": np.repeat(bins.start, D), "channel": np.tile(np.arange(D), nb),
-                         **_stats(vmax, vmean, bins)})
+                         **_stats(vmax, vmean, bins, both=mean_values is not None)})
 
 
 def prob_frame(view: TraceView, bins: Bins) -> pd.DataFrame:

@@ -72,7 +72,7 @@ def readout(frame: pd.DataFrame, bins: Bins, order: list, name: str, what: str, 
     ch = f"toNumber({cells}_order[{row}])"
     idx = f"{col} * {frame['channel'].nunique()} + {ch}"
     value = f"'{what} ' + {cells}_max[{idx}]"
-    if bins.width > 1:
+    if "mean" in frame.columns:             # a bin of several steps, or a row of several units
         value = f"'{what} max ' + {cells}_max[{idx}] + ', mean ' + {cells}_mean[{idx}]"
     who = f"{cells}_label[{row}]" if labels else f"'{unit} ' + {ch}"
     text = (f"{on} ? ['t ' + {cells}_time[{col}] + ' · token ' + {cells}_token[{col}], "

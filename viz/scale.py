@@ -22,6 +22,11 @@ from . import charts
 from .frames import Bins, TraceView, heatmap_frame, total_state_norm
 
 TOP_UNITS = 64               # units drawn one by one when a layer is filtered
+# a heatmap in index order draws at most this many rows (our 2-layer Mamba-1: 128 channels, one
+# each); a wider layer pools runs of consecutive units per row. Drawing mamba-130m's 1,536 channels
+# one per row made each heatmap 3,072 px tall and the page's spec 61 MB (every cell's value travels
+# for the pointer readout), 12.1 s of 12.5 s server time in the charts, not the model
+MAX_UNIT_ROWS = 128
 OVERVIEW_MIN_LAYERS = 5      # the overview is drawn for models deeper than the 4 layers shown by default
 # score name -> what it is, as the charts' titles name it (over the time window shown)
 SCORES = {"ratio": "Δ ratio", "max_delta": "max Δ", "state_norm": "max state norm", "variance": "variance of Δ"}
@@ -68,6 +73,29 @@ def keep_top(values: np.ndarray, kept: list, unit: str) -> tuple:
         labels + [rest_name(rest.size, unit)]
 
 
+def pool_size(n_units: int, max_rows: int = MAX_UNIT_ROWS) -> int:
+    """Units per row so that n_units fit in max_rows rows (1: one unit per row)."""
+    return max(1, -(-n_units // max_rows))
+
+
+def pool_units(values: np.ndarray, group: int, unit: str) -> tuple:
+    """values [L, U] -> ([L, G] max and [L, G] mean over each run of `group` consecutive units (the
+    last run may be shorter: its mean divides by its own count), [G] row labels 'channels 0–11').
+    Every unit is in exactly one row: nothing is dropped."""
+    x = np.asarray(values, dtype=np.float64)
+    U = x.shape[1]
+    start = np.arange(0, U, group)                                   # [G]
+    end = np.minimum(start + group, U)
+    vmax = np.maximum.reduceat(x, start, axis=1)
+    vmean = np.add.reduceat(x, start, axis=1) / (end - start)
+    return vmax, vmean, [run_label(a, b, unit) for a, b in zip(start.tolist(), end.tolist())]
+
+
+def run_label(a: int, b: int, unit: str) -> str:
+    """The units [a, b) as a row's name: 'channels 0–11', or 'channel 12' for one."""
+    return f"{unit} {a}" if b - a == 1 else f"{unit}s {a}–{b - 1}"
+
+
 def layer_summaries(view: TraceView) -> tuple:
     """([L, n_layer] mean Δ over each layer's units, [L, n_layer] total state norm ‖h_t‖ per layer)."""
     mean_delta = np.stack([np.asarray(d, dtype=np.float64).mean(axis=1) for d in view.delta], axis=1)
@@ -106,3 +134,15 @@ def ratio_rows(frame, kept: list):
     df = pd.concat(out, ignore_index=True)
     df["channel"] = np.arange(len(df))
     return df
+
+
+def ratio_pooled(frame, group: int, unit: str):
+    """A layer's Δ-ratio frame (frames.ratio_frame, [U] rows) -> one row per run of `group` units
+    (pool_units' rows): the run's unit of the largest ratio, `name` saying which."""
+    run = frame["channel"].to_numpy() // group
+    best = frame.assign(run=run).sort_values(["run", "ratio"], ascending=[True, False], kind="stable") \
+        .drop_duplicates("run")
+    U = len(frame)
+    best["name"] = [f"{run_label(r * group, min(U, (r + 1) * group), unit)}: max at {c}"
+                    for r, c in zip(best["run"].tolist(), best["channel"].tolist())]
+    return best.drop(columns="run").assign(channel=np.arange(len(best))).reset_index(drop=True)
