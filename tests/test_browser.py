@@ -189,6 +189,39 @@ def test_readout_shows_the_cell_under_the_pointer_and_the_image_its_colour(page)
         p2.close()
 
 
+def test_a_click_on_an_overview_row_opens_its_layers_link(page):
+    """A deep model's overview: the row under the pointer is the layer the readout names, and a
+    click there follows that layer's link (the app's links add the layer to the view; here #drill-k)."""
+    from tests.test_lm_views import synthetic_view
+    from viz import charts
+    view = synthetic_view(n_layer=6, U=40, L=64)
+    chart = charts.dashboard(view, max_bins=64, layers=[0, 5], layer_links=[f"#drill-{i + 1}" for i in range(6)])
+    p2 = page.context.browser.new_page(viewport={"width": 1500, "height": 3000})
+    try:
+        p2.set_content(charts.chart_html(chart), timeout=TIMEOUT_MS)
+        p2.evaluate(RECORD_CANVAS_TEXT)
+        p2.evaluate("async (spec) => { document.body.innerHTML = '<div id=c></div>';"
+                    " await vegaEmbed('#c', spec, {renderer: 'canvas', actions: false}); }", chart.to_dict())
+        p2.wait_for_selector("canvas", timeout=TIMEOUT_MS)
+        box = p2.locator("canvas").first.bounding_box()
+        x, hits = box["x"] + box["width"] * 0.3, {}
+        for y in range(int(box["y"]), int(box["y"] + box["height"] * 0.5), 4):   # walk down the overview
+            p2.evaluate("() => { window.__drawn = []; }")
+            p2.mouse.move(x, y, steps=2)
+            p2.wait_for_timeout(60)
+            named = [m for t in p2.evaluate("() => window.__drawn") for m in re.findall(r"^layer (\d) · mean Δ", t)]
+            if named:
+                hits.setdefault(int(named[-1]), y)
+            if len(hits) == 6:
+                break
+        assert sorted(hits) == [1, 2, 3, 4, 5, 6], hits
+        for k in (2, 5):
+            p2.mouse.click(x, hits[k] + 2)
+            p2.wait_for_function(f"() => location.hash === '#drill-{k}'", timeout=30_000)
+    finally:
+        p2.close()
+
+
 def test_bad_input_shows_its_error_and_keeps_the_text(page):
     page.fill("#tokens textarea", "1 2 x 4")
     page.click("#run")

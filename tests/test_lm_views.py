@@ -236,6 +236,34 @@ def test_pooled_ratio_rows_name_their_best_channel():
 
 
 # ---------------------------------------------------------------- the app on a plain LM
+def test_overview_rows_link_to_the_view_with_their_layer_added(app_model, tok_dir, tmp_path):  # noqa: F811
+    """A deep model's overview: each layer's row carries the permalink of this view with that layer
+    added (a click drills in); the link restores the text and the layers. Exports carry no links."""
+    from model.tokenizer import load_tokenizer
+    from ui import explore, export, permalink
+    torch.manual_seed(0)
+    hf = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=load_tokenizer(tok_dir).get_vocab_size() + 4, hidden_size=16, state_size=4, num_hidden_layers=6,
+        expand=2, conv_kernel=4)).eval()
+    hf.save_pretrained(tmp_path / "deep")
+    shutil.copy(tok_dir / "tokenizer.json", tmp_path / "deep" / "tokenizer.json")
+    app_model(tmp_path / "deep")
+    shown = explore.default_layers()
+    assert shown == ["layer 1", "layer 3", "layer 4", "layer 6"]
+    plot, _ = explore.show_plot(TEXT, "index", 64, None, None, shown, "max")
+    spec = json.loads(plot.plot)
+    links = [v["href"] for d in spec["datasets"].values() if isinstance(d, list) for v in d if "href" in v]
+    assert len(links) == 6                                          # one per layer (both overview heatmaps share them)
+    assert [q.split("&layers=")[1].split("&")[0] for q in links[:6]] == \
+        ["1,3,4,6", "1,2,3,4,6", "1,3,4,6", "1,3,4,6", "1,3,4,5,6", "1,3,4,6"]
+    out = permalink.open_link(links[1])
+    assert out[0] == TEXT and out[12] == ["layer 1", "layer 2", "layer 3", "layer 4", "layer 6"] and out[-1] == ""
+    crowded = permalink.drill_links(TEXT, "index", 64, None, None, [f"layer {i}" for i in (1, 2, 3, 4, 5, 6)], "max")
+    assert all(len(q.split("&layers=")[1].split("&")[0].split(",")) == 6 for q in crowded)
+    html = export.export_html(TEXT, "index", 64, None, None, shown, "max")
+    assert "click to show it below" not in open(html).read()
+
+
 def test_explore_and_exports_on_a_plain_lm(app_model, text_dir, tmp_path, monkeypatch):
     from ui import explore, export, storage
     monkeypatch.setattr(storage, "root", lambda: tmp_path / "exports")

@@ -109,11 +109,17 @@ def view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat) -> dic
             "stat": common.choice(bin_stat, "bin statistic", BIN_STATS)}
 
 
-def chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat):
-    """(compound chart, summary Markdown) of the view; no error conversion (callers add it)."""
+def chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat, links: bool = False):
+    """(compound chart, summary Markdown) of the view; no error conversion (callers add it).
+    links: the overview's rows (a deep model) link to this view with their layer added (the page's
+    permalinks; not in exported files, where a relative link leads nowhere)."""
     settings = view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
     _, view, seconds = trace_view(tokens_text)
-    chart = charts.dashboard(view, **settings)
+    layer_links = None
+    if links and common.MODEL.config.n_layer >= scale.OVERVIEW_MIN_LAYERS:
+        from . import permalink         # here: permalink builds on this module
+        layer_links = permalink.drill_links(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+    chart = charts.dashboard(view, **settings, layer_links=layer_links)
     width = time_bins(*clamp_window(view.length, settings["t_from"], settings["t_to"]), settings["max_bins"]).width
     note = f"<br><small>model run: {seconds * 1000:.0f} ms ({common.backend_note()})</small>"
     return chart, (lm.describe(view, width) if view.is_lm else summary.describe(view, width)) + note
@@ -123,7 +129,7 @@ def chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat
 def show(tokens_text: str, channel_sort: str, max_bins: float, t_from: Optional[float], t_to: Optional[float],
          layers: list, bin_stat: str):
     """The whole view: (compound chart, summary Markdown)."""
-    return chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat)
+    return chart_of(tokens_text, channel_sort, max_bins, t_from, t_to, layers, bin_stat, links=True)
 
 
 def show_plot(tokens_text: str, channel_sort: str, max_bins: float, t_from: Optional[float],

@@ -152,6 +152,31 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
          memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers, bin_stat, checkpoint_a,
          checkpoint_b, tab, patch_step=None, lens_step=None) -> str:
     """The query string ('?...') of the current view; the page prefixes its own address."""
+    return "?" + urlencode(_query(tokens_text, length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory,
+                                  memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers, bin_stat,
+                                  checkpoint_a, checkpoint_b, tab, patch_step, lens_step), safe=",")
+
+
+def drill_links(tokens_text: str, channel_sort, max_bins, t_from, t_to, layers, bin_stat) -> list:
+    """One query string per layer of the app's model: the Explore view as it is with that layer
+    added to the layers drawn (the overview's rows open them: a click drills into a layer). When
+    the layers would then be more than explore.MAX_LAYERS_SHOWN, the clicked one stays with the
+    drawn ones nearest to it."""
+    q = _query(tokens_text, *[None] * 7, channel_sort, max_bins, t_from, t_to, layers, bin_stat, None, None, "explore",
+               None, None)
+    shown = [int(v) - 1 for v in q["layers"].split(",")]
+    out = []
+    for i in range(common.MODEL.config.n_layer):
+        keep = sorted(set(shown) - {i}, key=lambda j: (abs(j - i), j))[:explore.MAX_LAYERS_SHOWN - 1]
+        q["layers"] = ",".join(str(j + 1) for j in sorted({i, *keep}))
+        out.append("?" + urlencode(q, safe=","))
+    return out
+
+
+def _query(tokens_text, length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory,
+           memory_in_filler_every, channel_sort, max_bins, t_from, t_to, layers, bin_stat, checkpoint_a,
+           checkpoint_b, tab, patch_step, lens_step) -> dict:
+    """link()'s {key: value}."""
     tokens = common.tokens(tokens_text)
     settings = explore.view_settings(channel_sort, max_bins, t_from, t_to, layers, bin_stat)
     g = _generator((length, trigger_pos, memory, seed, n_triggers, filler_excludes_memory, memory_in_filler_every))
@@ -176,7 +201,7 @@ def link(tokens_text: str, length, trigger_pos, memory, seed, n_triggers, filler
     sha = getattr(common.MODEL.lm, "checkpoint_sha256", None)      # None: no model, or an unsaved one
     if sha:
         q["model"] = sha[:12]
-    return "?" + urlencode(q, safe=",")
+    return q
 
 
 # ---------------------------------------------------------------- query string -> widgets

@@ -141,7 +141,8 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
                     name: str, stat: str = "max", scheme: str = "viridis", unit: str = "channel",
-                    labels: Optional[list] = None, y_title: Optional[str] = None, pooled: bool = False) -> tuple:
+                    labels: Optional[list] = None, y_title: Optional[str] = None, pooled: bool = False,
+                    links: Optional[list] = None) -> tuple:
     """timestep x unit heatmap of one [L, U] quantity, units (channels, or heads: `unit`) top to
     bottom in `order`.
 
@@ -156,6 +157,8 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
     'other N: mean' row; viz/scale.py), on the axis and in the readout; y_title: the axis title.
     pooled: each row pools several units (viz/scale.pool_units; frame has both max and mean): `stat`
     then chooses the colour even at one step per bin, and the title says over what it is taken.
+    links: one URL per row (in `order`'s order): a click on the row opens it (the overview's rows
+    link to the same view with that layer drawn below; an invisible rect per row carries the href).
     Returns (layer chart, params): the params (hover.selection, hover.params) belong at the
     top level of the chart the layer ends up in, where the readout's expressions see them."""
     stat = stat if bins.width > 1 or pooled else "max"     # one step, one unit: max == mean == the value
@@ -194,6 +197,20 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                            "field": "v", "type": "quantitative", "title": what if bins.width == 1 and not pooled else f"{what} ({stat})",
                            "scale": {"scheme": scheme, "domain": list(domain)}}))
     readout = hover.readout(frame, bins, order, name, what, WIDTH, px, unit, labels=labels is not None)
+    if links is not None:
+        if len(links) != D:
+            raise ValueError(f"{len(links)} links for {D} rows")
+        # invisible rects over the rows; Vega-Lite makes a mark clickable only with a tooltip
+        names = labels if labels is not None else [f"{unit} {u}" for u in order]
+        readout = [alt.Chart(alt.InlineData(values=[{"t": bins.t0, "t_end": bins.t1, "row": r, "row_end": r + 1,
+                                                     "href": h, "tip": f"{names[r]}: click to show it below"}
+                                                    for r, h in enumerate(links)]),
+                             mark={"type": "rect", "fill": "black", "fillOpacity": 0, "cursor": "pointer"},
+                             encoding=alt.FacetedEncoding(x={"field": "t", "type": "quantitative"}, x2={"field": "t_end"},
+                                                          y={"field": "row", "type": "quantitative"},
+                                                          y2={"field": "row_end"},
+                                                          href={"field": "href", "type": "nominal"},
+                                                          tooltip={"field": "tip", "type": "nominal"})), *readout]
     note = _bin_note(bins, stat) if not pooled else \
         f"{stat} over each row's {unit}s" + ("" if bins.width == 1 else f" and {bins.width}-step bins")
     layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D, title=f"{title} ({note})")
@@ -223,7 +240,7 @@ def ratio_chart(frame: pd.DataFrame, order: list, win: Windows, unit: str = "cha
 
 def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=None, t_to=None,
               layers=None, stat: str = "max", top_units: Optional[int] = None, score: str = "ratio",
-              overview: Optional[bool] = None) -> alt.VConcatChart:
+              overview: Optional[bool] = None, layer_links: Optional[list] = None) -> alt.VConcatChart:
     """Every chart of one trace, stacked, sharing the time selection.
     sort: channel order, 'index' or 'ratio'; max_bins: time bins per chart (1..MAX_BINS_LIMIT);
     t_from/t_to: the time window [t_from, t_to) (None = whole sequence); layers: layer indices to
@@ -232,7 +249,8 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
     rest as one 'other N: mean' row (None: every unit; a layer wider than scale.MAX_UNIT_ROWS then
     pools runs of consecutive units per row in index order, and takes its top scale.TOP_UNITS by
     the Δ ratio in ratio order); overview: the layer x time overview
-    above the layers (None: for models deeper than scale.OVERVIEW_MIN_LAYERS - 1 layers).
+    above the layers (None: for models deeper than scale.OVERVIEW_MIN_LAYERS - 1 layers);
+    layer_links: one URL per layer, opened by a click on its overview row (the app's permalinks).
     A plain LM (view.is_lm) gets the LM views (viz/lm.py) where a task model has its predictions."""
     # imported here: both build on this module's chart functions
     from . import lm as lm_views
@@ -259,7 +277,7 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
         views = ["tokens", "predictions", "p_lines"]
     heatmap_params = []                                               # each heatmap's hover params
     if view.n_layer >= scale.OVERVIEW_MIN_LAYERS if overview is None else overview:
-        o_rows, o_views, o_params = scale.overview_rows(view, bins, tokens, stat, layers)
+        o_rows, o_views, o_params = scale.overview_rows(view, bins, tokens, stat, layers, layer_links)
         rows, views, heatmap_params = rows + o_rows, views + o_views, o_params
     unit = view.unit
     per_unit, norm_of = UNIT_WORDS[unit]

@@ -103,13 +103,15 @@ def layer_summaries(view: TraceView) -> tuple:
     return mean_delta, total
 
 
-def overview_rows(view: TraceView, bins: Bins, tokens, stat: str, shown: list) -> tuple:
-    """The layer x time overview: two heatmaps, layer on y (layer 1 on top). Returns (rows, view
-    names for the time selection, top-level params)."""
+def overview_rows(view: TraceView, bins: Bins, tokens, stat: str, shown: list, links: Optional[list] = None) -> tuple:
+    """The layer x time overview: two heatmaps, layer on y (layer 1 on top). links: one URL per
+    layer, opened by a click on its row (None: no links). Returns (rows, view names for the time
+    selection, top-level params)."""
     mean_delta, total = layer_summaries(view)
     order = list(range(view.n_layer))
     labels = [f"layer {i + 1}" for i in order]
-    detail = f" · detailed below: layers {', '.join(str(i + 1) for i in shown)}"
+    detail = f" · detailed below: layers {', '.join(str(i + 1) for i in shown)}" + \
+        ("" if links is None else " (click a layer to add it)")
     rows, params = [], []
     for values, name, title, what, scheme in (
             (mean_delta, "overview_delta", f"Overview: mean Δ over the {view.n_units} {view.unit}s of each layer",
@@ -117,7 +119,7 @@ def overview_rows(view: TraceView, bins: Bins, tokens, stat: str, shown: list) -
             (total, "overview_norm", f"Overview: total state norm ‖h_t‖ of each layer (over all {view.unit}s)",
              "‖h_t‖", "magma")):
         layer, p = charts.channel_heatmap(heatmap_frame(values, bins), tokens, bins, order, title + detail, what,
-                                          name, stat, scheme, unit="layer", labels=labels)
+                                          name, stat, scheme, unit="layer", labels=labels, links=links)
         rows.append(alt.hconcat(layer))
         params += p
     return rows, ["overview_delta", "overview_norm"], params
