@@ -31,6 +31,8 @@ and for the model, tokens [L] and the next-token distribution at every step:
     top_k_probs     [L, k]    their probabilities (hook_top_k_probs)
     p_next          [L]       p(the actual next token tokens[t+1]); NaN at the last step (hook_p_next)
     logp_next       [L]       its log-probability, -loss per token; NaN at the last step (hook_logp_next)
+    watch_ids       [m]       ids whose p is kept at every step, when asked (trace(watch=); hook_watch_ids)
+    watch_probs     [L, m]    p(next token = watch_ids[j]) (hook_watch_probs)
 At a 50k vocabulary the full distribution is what makes a trace large (L=512: 2 x 100 MB), and the
 views of a language model need only the top-k and p(next); a task model (17 tokens) keeps it all.
 In the safetensors file the keys are MambaLens / TransformerLens hook names: blocks.{i}.hook_delta.
@@ -65,7 +67,9 @@ TOP_K_DEFAULT = 10                  # next-token candidates kept per step
 HEAD_ROWS = RUN_HEAD_ROWS           # softmax / top-k over this many steps at a time (model.run's head block)
 # model-level arrays -> hook names (the full distribution's two may be absent)
 MODEL_FIELDS = {"logits": "hook_logits", "probs": "hook_probs", "top_k_ids": "hook_top_k_ids",
-                "top_k_probs": "hook_top_k_probs", "p_next": "hook_p_next", "logp_next": "hook_logp_next"}
+                "top_k_probs": "hook_top_k_probs", "p_next": "hook_p_next", "logp_next": "hook_logp_next",
+                "watch_ids": "hook_watch_ids", "watch_probs": "hook_watch_probs"}
+WATCH_MAX = 256                     # token ids whose p a trace may keep at every step (trace(watch=))
 # attribute -> MambaLens hook name: every mixer's records, then the mixer-specific ones (decay)
 LAYER_FIELDS = {name: f"hook_{name}" for name in RECORDABLE + MIXER_SPECIFIC}
 STATES_HOOK = "hook_h"
@@ -101,6 +105,8 @@ class Trace:
     top_k_probs: Optional[np.ndarray] = None    # [L, k] float32
     p_next: Optional[np.ndarray] = None         # [L] float32, NaN at the last step
     logp_next: Optional[np.ndarray] = None      # [L] float32, NaN at the last step
+    watch_ids: Optional[np.ndarray] = None      # [m] int64: the ids of trace(watch=...), sorted
+    watch_probs: Optional[np.ndarray] = None    # [L, m] float32: p(next token = watch_ids[j]) at every step
 
     @property
     def length(self) -> int:
@@ -172,7 +178,7 @@ def as_token_tensor(tokens, device="cpu") -> torch.Tensor:
 def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None, full_states: bool = False,
           max_state_elems: int = DEFAULT_MAX_STATE_ELEMS, interventions: Sequence = (),
           backend: Optional[str] = None, chunk_len: Optional[int] = None, top_k: int = TOP_K_DEFAULT,
-          full_probs: Optional[bool] = None) -> Trace:
+          full_probs: Optional[bool] = None, watch: Sequence[int] = ()) -> Trace:
     """Run `lm` on one sequence ([L] or [1, L]) and record every layer (module docstring for shapes).
 
     include: which per-layer quantities to keep (default: everything the mixer records,
@@ -184,6 +190,9 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     then describes them. backend, chunk_len: as model.run.run.
     top_k: next-token candidates kept per step (at most V); full_probs: also keep logits and probs
     [L, V] (None: when V <= FULL_PROBS_MAX_VOCAB). p(next) and its log are always kept.
+    watch: token ids (at most WATCH_MAX) whose p(next token = id) is kept at every step (watch_ids,
+    watch_probs [L, m]): a task's targets when the full distribution is not kept (MQAR's values at
+    V = 8,192: a query's target is not the next token).
     """
     include = DEFAULT_FIELDS[lm.config.layer] if include is None else tuple(include)
     unknown = set(include) - set(LAYER_FIELDS)
@@ -194,6 +203,9 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     interventions = list(interventions)
     ids = as_token_tensor(tokens, lm.device)                         # [1, L]
     cfg = lm.config
+    watch = sorted({int(w) for w in watch})
+    if len(watch) > WATCH_MAX or any(not 0 <= w < cfg.vocab_size for w in watch):
+        raise ValueError(f"watch takes at most {WATCH_MAX} token ids in 0..{cfg.vocab_size - 1}")
     L = ids.shape[1]
     if full_states:
         need = L * cfg.d_inner * cfg.d_state * cfg.n_layer
@@ -203,7 +215,7 @@ def trace(lm, tokens: Sequence[int], *, include: Optional[Sequence[str]] = None,
     was_training = lm.training
     lm.eval()
     full = keeps_full(cfg.vocab_size, full_probs)
-    nxt = NextTokens(ids[0], cfg.vocab_size, min(int(top_k), cfg.vocab_size), full)
+    nxt = NextTokens(ids[0], cfg.vocab_size, min(int(top_k), cfg.vocab_size), full, watch)
     try:
         # kept whole, the logits come one chunk at a time: lm_head on a chunk, as lm(tokens) computes them
         res = run(lm, ids, interventions, include=include, states=full_states, backend=backend,
@@ -241,9 +253,11 @@ class NextTokens:
         acc = NextTokens(ids, V, k, full); run(lm, ids[None], head=acc); acc.result() -> dict
     """
 
-    def __init__(self, ids: torch.Tensor, vocab_size: int, k: int, full: bool):
+    def __init__(self, ids: torch.Tensor, vocab_size: int, k: int, full: bool, watch: Sequence[int] = ()):
         L = ids.shape[0]
         self.V, self.k = vocab_size, k
+        self.watch = torch.as_tensor(list(watch), dtype=torch.long)     # [m] ids whose p is kept at every step
+        self.watch_p = np.empty((L, len(watch)), np.float32) if len(watch) else None   # [L, m]
         self.nxt = torch.cat([ids[1:], ids[:1]])                         # [L] tokens[t+1] (last: a dummy)
         # filled in place: lists of blocks and a concatenation would hold every array twice
         self.top_ids = np.empty((L, k), np.int64)                        # [L, k]
@@ -267,11 +281,14 @@ class NextTokens:
             self.logp[t:t + rows] = lp.gather(1, self.nxt[t:t + rows, None].to(lp.device))[:, 0].cpu().numpy()
             if self.probs is not None:
                 self.probs[t:t + rows] = lp.exp().cpu().numpy()
+            if self.watch_p is not None:
+                self.watch_p[t:t + rows] = lp[:, self.watch.to(lp.device)].exp().cpu().numpy()
 
     def result(self) -> dict:
         self.logp[-1] = np.nan                                           # nothing follows the last step
         return {"top_k_ids": self.top_ids, "top_k_probs": self.top_p, "logp_next": self.logp,
-                "p_next": torch.from_numpy(self.logp).exp().numpy(), "logits": self.logits, "probs": self.probs}
+                "p_next": torch.from_numpy(self.logp).exp().numpy(), "logits": self.logits, "probs": self.probs,
+                "watch_ids": self.watch.numpy() if self.watch_p is not None else None, "watch_probs": self.watch_p}
 
 
 def next_token_summary(logits: torch.Tensor, ids: torch.Tensor, k: int, full: bool) -> dict:

@@ -122,3 +122,22 @@ def test_the_cap_and_the_chunk_of_a_130m_model():
     assert bytes_per_step(big, common.CHART_QUANTITIES) == 4 * (24 * 2 * 1536 + 10 + 2) + 8 * 11
     assert common.length_cap(big) == 7278 > (1 << 28) // 50280
     assert default_chunk_len(big) == 682 and default_chunk_len(MambaLM(MambaConfig(), device="meta")) == STREAM_CHUNK
+
+
+def test_watched_ids_keep_their_p_at_every_step_and_survive_a_save(lm, monkeypatch, tmp_path):
+    """trace(watch=ids): p(next token = id) at every step from the blocks (a task's targets where the
+    full distribution is not kept); refused outside the vocabulary; saved and loaded with the trace."""
+    monkeypatch.setattr(trace_mod, "HEAD_ROWS", 16)
+    tokens = tokens_of(40)
+    tr = lm.trace(tokens, watch=[1099, 5, 5, 700], include=("delta",))
+    assert tr.probs is None and tr.watch_ids.tolist() == [5, 700, 1099] and tr.watch_probs.shape == (40, 3)
+    with torch.no_grad():
+        p = torch.softmax(lm(tokens[None])[0, :, :V].double(), -1).numpy()       # [L, V]
+    assert np.allclose(tr.watch_probs, p[:, [5, 700, 1099]], rtol=1e-4, atol=1e-8)
+    tr.save(tmp_path / "t.safetensors")
+    back = trace_mod.Trace.load(tmp_path / "t.safetensors")
+    assert np.array_equal(back.watch_ids, tr.watch_ids) and np.array_equal(back.watch_probs, tr.watch_probs)
+    assert lm.trace(tokens, include=("delta",)).watch_ids is None
+    for bad in ([V], [-1], list(range(trace_mod.WATCH_MAX + 1))):
+        with pytest.raises(ValueError, match="watch takes at most"):
+            lm.trace(tokens, watch=bad)

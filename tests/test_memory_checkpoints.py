@@ -23,3 +23,28 @@ def test_shipped_memory_checkpoints_score_what_their_cards_say(name, length, opt
     assert task.name == {"selective-copy-2layer": "selective_copying", "mqar-2layer": "mqar"}[name]
     right, total = count_correct(lm, length, 16, 12345 + length, task=task, options=options)
     assert floor <= right / total <= ceiling, (name, length, right / total)
+
+
+def test_explore_on_the_mqar_checkpoint_scores_its_queries_from_the_top_k_and_watched_targets(monkeypatch):
+    """V = 8,192: the trace keeps the top-k, not [L, V]; a query's target (a value) is not the next
+    token, so the app's trace watches the targets. Was: 'without the full distribution only
+    next-token targets can be scored' on the shipped checkpoint's first view."""
+    import json
+
+    import numpy as np
+
+    from tasks import score
+    from ui import common, explore
+    monkeypatch.setattr(common, "MODEL", common.load_model(str(ROOT / "mqar-2layer.safetensors")))
+    text = explore.first_text()
+    plot, summary = explore.show_plot(text, "index", 64, None, None, explore.default_layers(), "max")
+    assert "Top-10 next-token predictions" in plot.plot and "p(target" in plot.plot and "correct" in summary
+    tokens = common.tokens(text)
+    tr, view, _ = explore.trace_view(text)
+    assert tr.probs is None and tr.watch_probs.shape == (len(tokens), len(tr.watch_ids))
+    full = common.model().trace(tokens, full_probs=True)
+    want = score(full.probs, common.MODEL.task.positions(tokens))
+    got = view.score
+    assert got.n > 0 and got.top == want.top and got.targets == want.targets
+    assert np.allclose(got.p_target, want.p_target, rtol=1e-4)
+    assert json.loads(plot.plot)["vconcat"]

@@ -23,7 +23,7 @@ import torch
 from kernels import resolve_backend
 from kernels.cpu_memory import keep_freed_memory
 from model import CheckpointError, MambaConfig, MambaLM, load_checkpoint
-from model.trace import bytes_per_step
+from model.trace import WATCH_MAX, bytes_per_step, keeps_full
 from tasks import INDUCTION, MAX_LEN, IdTask, Task, TokenError, task_for
 
 from .limits import HEAVY_CONCURRENCY, available_cores, limit_arenas, share_cores
@@ -181,8 +181,14 @@ def _gpu(fn):
 def run_trace(tokens: np.ndarray, include: Optional[tuple] = None):
     """The one model call of the Explore tab: a Trace of numpy (CPU) arrays (backend: triton on
     CUDA, else the CPU kernels). include: the per-layer quantities to keep (None = all; the charts
-    need only Δ and the norms, which at L = 2^16 is ~130 MB instead of ~400 MB)."""
-    return model().trace(tokens, include=include)
+    need only Δ and the norms, which at L = 2^16 is ~130 MB instead of ~400 MB). A task model whose
+    trace keeps only the top-k (MQAR: 8,192 tokens) also keeps p of its targets at every step: a
+    query's target is not the next token there."""
+    lm, kw = model(), {}
+    if not is_plain_lm() and not keeps_full(lm.config.vocab_size, None):
+        targets = sorted({t for _, t in MODEL.task.positions(tokens).scored})
+        kw = {"watch": targets} if len(targets) <= WATCH_MAX else {"full_probs": True}
+    return lm.trace(tokens, include=include, **kw)
 
 
 def backend_note() -> str:

@@ -269,9 +269,13 @@ def dashboard(view: TraceView, sort: str = "index", max_bins: int = 256, t_from=
     if view.is_lm:
         rows, views = lm_views.prediction_rows(view, bins, tokens)
     else:
-        vocab = list(view.task.token_labels(range(view.probs.shape[1])))
-        rows = [token_strip(tokens, bins, role_names(view.task), "tokens"),
-                prediction_heatmap(prob_frame(view, bins), tokens, bins, vocab, "predictions"),
+        if view.probs is not None:
+            vocab = list(view.task.token_labels(range(view.probs.shape[1])))
+            predictions = prediction_heatmap(prob_frame(view, bins), tokens, bins, vocab, "predictions")
+        else:            # a large vocabulary (MQAR's 8,192 rows): the trace's top-k, as for a plain LM
+            k = int(view.top_k_ids.shape[1])
+            predictions = lm_views.topk_chart(lm_views.topk_frame(view, bins, k), tokens, bins, k, "predictions")
+        rows = [token_strip(tokens, bins, role_names(view.task), "tokens"), predictions,
                 series_chart(series_frame(prediction_series(view), view, bins), bins,
                              "Probability of the top-1 token and of the target", "p", "p_lines")]
         views = ["tokens", "predictions", "p_lines"]

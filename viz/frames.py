@@ -68,6 +68,8 @@ class TraceView:
     top_k_probs: Optional[np.ndarray] = None   # [L, k]
     p_next: Optional[np.ndarray] = None        # [L]
     logp_next: Optional[np.ndarray] = None     # [L] log p_next (exact where p_next underflows)
+    watch_ids: Optional[np.ndarray] = None     # [m] ids whose p the trace kept at every step (a task's targets)
+    watch_probs: Optional[np.ndarray] = None   # [L, m]
     positions: Positions = field(init=False)
 
     def __post_init__(self):
@@ -84,7 +86,8 @@ class TraceView:
                    state_norm=[lt.state_norm for lt in tr.layers], task=task, label=label,
                    d_conv=trace_d_conv(tr.meta), unit=(tr.meta or {}).get("units", "channel"),
                    top_k_ids=getattr(tr, "top_k_ids", None), top_k_probs=getattr(tr, "top_k_probs", None),
-                   p_next=getattr(tr, "p_next", None), logp_next=getattr(tr, "logp_next", None))
+                   p_next=getattr(tr, "p_next", None), logp_next=getattr(tr, "logp_next", None),
+                   watch_ids=getattr(tr, "watch_ids", None), watch_probs=getattr(tr, "watch_probs", None))
 
     @property
     def is_lm(self) -> bool:
@@ -104,19 +107,45 @@ class TraceView:
         """U: channels (Mamba-1) or heads (Mamba-2) per layer."""
         return int(np.asarray(self.delta[0]).shape[1])
 
+    def p_of(self, token: int) -> Optional[np.ndarray]:
+        """[L] p(next token = token) at every step, from the full distribution or the trace's watched
+        ids (trace(watch=): a task model with a large vocabulary); None when the trace kept neither."""
+        if self.probs is not None:
+            return np.asarray(self.probs[:, token], dtype=np.float64)
+        if self.watch_ids is not None:
+            hit = np.flatnonzero(np.asarray(self.watch_ids) == token)
+            if hit.size:
+                return np.asarray(self.watch_probs[:, hit[0]], dtype=np.float64)
+        return None
+
+    def top1(self, t: int) -> tuple:
+        """(id, p) of the most probable next token at step t."""
+        if self.probs is not None:
+            i = int(np.asarray(self.probs[t]).argmax())
+            return i, float(self.probs[t, i])
+        return int(self.top_k_ids[t, 0]), float(self.top_k_probs[t, 0])
+
     @cached_property
     def score(self) -> Score:
         """The top-1 at each scored query against its target (tasks.score, the one definition).
-        From the top-k when the trace has no full distribution: only a plain LM's traces lack it,
-        and there every target is the next token, whose p the trace keeps (p_next)."""
+        Without the full distribution (a vocabulary over model.trace's FULL_PROBS_MAX_VOCAB) the
+        top-1 is the top-k's first, and p(target) the trace's p(next) (a plain LM: every target is
+        the next token) or its watched p of that target (a task model: trace(watch=targets))."""
         if self.probs is not None:
             return score(self.probs, self.positions)
-        pairs = self.positions.scored
-        if any(t != int(self.tokens[q + 1]) for q, t in pairs):
-            raise ValueError("without the full distribution only next-token targets can be scored")
-        q = tuple(p for p, _ in pairs)
-        return Score(q, tuple(t for _, t in pairs), tuple(int(self.top_k_ids[p, 0]) for p in q),
-                     tuple(float(self.p_next[p]) for p in q))
+        pairs, tops, ps = self.positions.scored, [], []
+        for q, t in pairs:
+            if q + 1 < self.length and t == int(self.tokens[q + 1]):
+                p = float(self.p_next[q])
+            else:
+                col = self.p_of(t)
+                if col is None:
+                    raise ValueError(f"the trace kept neither the full distribution nor p of the target {t} "
+                                     f"at step {q}: trace it with watch=(targets) or full_probs=True")
+                p = float(col[q])
+            tops.append(self.top1(q)[0])
+            ps.append(p)
+        return Score(tuple(q for q, _ in pairs), tuple(t for _, t in pairs), tuple(tops), tuple(ps))
 
     @cached_property
     def windows(self) -> Optional[Windows]:
@@ -275,10 +304,10 @@ def series_frame(series: dict, view: TraceView, bins: Bins) -> pd.DataFrame:
 
 def prediction_series(view: TraceView) -> dict:
     """p(top-1) at every step and, when the sequence has a scored query, p(its target) at every step."""
-    out = {"p(top-1)": view.probs.max(axis=1)}
+    out = {"p(top-1)": view.probs.max(axis=1) if view.probs is not None else view.top_k_probs[:, 0]}
     m = view.target
-    if m is not None:
-        out[f"p(target {view.task.labels[m]})"] = view.probs[:, m]
+    if m is not None and view.p_of(m) is not None:
+        out[f"p(target {view.task.labels[m]})"] = view.p_of(m)
     return out
 
 

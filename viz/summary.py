@@ -18,9 +18,9 @@ def describe(view: TraceView, bins_width: int = 1) -> str:
         parts.append("the sequence asks for nothing at its end, so there is **no query** (nothing to recall)")
     elif not pos.scored:
         q = pos.queries[0]
-        top = int(view.probs[q].argmax())
+        top, p = view.top1(q)
         parts.append(f"**no {marker_role} before the query**: nothing to recall (top-1 at the query: "
-                     f"{lab[top]}, p = {view.probs[q, top]:.3f})")
+                     f"{lab[top]}, p = {p:.3f})")
     else:
         s = view.score
         q, m, top = s.queries[0], s.targets[0], s.top[0]
@@ -28,6 +28,6 @@ def describe(view: TraceView, bins_width: int = 1) -> str:
         more = (f" ({len(pos.writes)} × {marker_role}; the target is the first {write_role})"
                 if len(pos.writes) > 1 else "")
         parts.append(f"{cue}{write_role} = **{lab[m]}** at t = {pos.writes[0]}{more}; "
-                     f"query at t = {q}: top-1 **{lab[top]}** (p = {view.probs[q, top]:.3f}), "
+                     f"query at t = {q}: top-1 **{lab[top]}** (p = {view.top1(q)[1]:.3f}), "
                      f"p(target) = {s.p_target[0]:.3f} → " + ("**correct** ✓" if top == m else "**wrong** ✗"))
     return " · ".join(parts)
