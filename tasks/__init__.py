@@ -16,18 +16,30 @@ from .text import IdTask, TextTask
 TASKS = {t.name: t for t in (INDUCTION, SELECTIVE_COPYING, MQAR_TASK)}
 
 
+def task_named(name, vocab: Optional[int] = None) -> Task:
+    """The task called `name` at vocabulary `vocab` (None or the task's own: its default). The one
+    place that knows which task takes a vocabulary: MQAR, at any even V (mqar.check_vocab); the
+    others' vocabularies are fixed. Raises ValueError naming what is wrong."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    if vocab is None or vocab == TASKS[name].vocab_size:
+        return TASKS[name]
+    if name != MQAR_TASK.name:
+        raise ValueError(f"the task option vocab is MQAR's; {name} has a fixed vocabulary "
+                         f"({TASKS[name].vocab_size} tokens)")
+    return mqar_task(vocab)
+
+
 def task_for(meta: Optional[dict]) -> Optional[Task]:
-    """The Task named by a checkpoint's `task` metadata ({'name': ...}), or None for a plain LM or
-    an unknown task."""
-    if not isinstance(meta, dict):
+    """The Task named by a checkpoint's `task` metadata ({'name': ..., 'vocab': ...}), or None for a
+    plain LM, an unknown task or a vocabulary the task cannot have."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return None
-    if meta.get("name") == MQAR_TASK.name and meta.get("vocab", MQAR_TASK.vocab_size) != MQAR_TASK.vocab_size:
-        try:                           # MQAR at another vocabulary (e.g. the capacity sweep's)
-            return mqar_task(meta["vocab"])
-        except (ValueError, TypeError):
-            return None
-    return TASKS.get(meta.get("name"))
+    try:
+        return task_named(meta["name"], meta.get("vocab"))
+    except (ValueError, TypeError):
+        return None
 
 
 __all__ = ["Task", "Positions", "Score", "TokenError", "parse_ids", "score", "MAX_LEN", "INDUCTION", "SELECTIVE_COPYING", "MQAR_TASK", "mqar_task", "TASKS", "IdTask", "TextTask",
-           "task_for"]
+           "task_for", "task_named"]

@@ -310,6 +310,13 @@ def test_mqar_at_another_vocabulary_round_trips_through_metadata():
     assert small.positions(small.set_value(b.tokens[0], int(b.keys[0, 0]), 40)).scored[0][1] in (40, p.scored[0][1])
     assert task_for(small.metadata(48)) is small and task_for(MQAR_TASK.metadata(64)) is MQAR_TASK
     assert task_for({"name": "mqar", "vocab": 7}) is None and task_for({"name": "mqar", "vocab": "x"}) is None
+    from tasks import task_named
+    assert task_named("mqar", 64) is small and task_named("induction_heads", 17) is task_named("induction_heads")
+    assert task_for({"name": "selective_copying", "vocab": 64}) is None       # only MQAR takes a vocabulary
+    with pytest.raises(ValueError, match="the task option vocab is MQAR's; selective_copying has a fixed vocabulary"):
+        task_named("selective_copying", 64)
+    with pytest.raises(ValueError, match="unknown task 'copy'"):
+        task_named("copy")
     assert set(small.presets) == {n for n, g in MQAR_TASK.presets.items() if g.n_pairs <= 31}
     with pytest.raises(TokenError, match="token id 64 is out of range 0..63"):
         small.parse("1 64")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import numpy as np
 
 from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
-from tasks import MQAR_TASK, TASKS, mqar_task
+from tasks import task_named
 
 from .eval import count_correct, query_logits, task_batch
 
@@ -116,14 +116,7 @@ class TrainConfig:
 
     @property
     def the_task(self):
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        vocab = self.options().get("vocab")
-        if vocab is not None:          # a task at another vocabulary (MQAR's `vocab` option)
-            if self.task != MQAR_TASK.name:
-                raise ValueError(f"the task option vocab is MQAR's; {self.task} has a fixed vocabulary")
-            return mqar_task(vocab)
-        return TASKS[self.task]
+        return task_named(self.task, self.options().get("vocab"))
 
     def options(self) -> dict:
         """The task options the model is trained for (validation, checkpoint): the schedule's last."""
