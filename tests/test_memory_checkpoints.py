@@ -48,3 +48,14 @@ def test_explore_on_the_mqar_checkpoint_scores_its_queries_from_the_top_k_and_wa
     assert got.n > 0 and got.top == want.top and got.targets == want.targets
     assert np.allclose(got.p_target, want.p_target, rtol=1e-4)
     assert json.loads(plot.plot)["vconcat"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in ROOT.glob("*.safetensors")))
+def test_every_shipped_checkpoint_opens_in_the_explore_tab(name, monkeypatch):
+    """The app's first view (its first text, the default layers) on each checkpoint in checkpoints/:
+    a chart and a summary, no error (the MQAR one failed this way once)."""
+    from ui import common, explore
+    monkeypatch.setattr(common, "MODEL", common.load_model(str(ROOT / f"{name}.safetensors")))
+    assert common.MODEL.lm is not None, common.MODEL.error
+    plot, summary = explore.show_plot(explore.first_text(), "index", 64, None, None, explore.default_layers(), "max")
+    assert plot.plot.startswith("{") and "L = " in summary
