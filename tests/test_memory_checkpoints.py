@@ -48,6 +48,9 @@ def test_explore_on_the_mqar_checkpoint_scores_its_queries_from_the_top_k_and_wa
     assert got.n > 0 and got.top == want.top and got.targets == want.targets
     assert np.allclose(got.p_target, want.p_target, rtol=1e-4)
     assert json.loads(plot.plot)["vconcat"]
+    many = common.MODEL.task.batch(1, 1024, n_pairs=300, seed=0).tokens[0]        # ~300 different answers
+    with pytest.raises(Exception, match=r"asks for \d{3} different answers; the app keeps the probability of at most 256"):
+        explore.show_plot(common.MODEL.task.format(many), "index", 64, None, None, explore.default_layers(), "max")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in ROOT.glob("*.safetensors")))

@@ -187,7 +187,10 @@ def run_trace(tokens: np.ndarray, include: Optional[tuple] = None):
     lm, kw = model(), {}
     if not is_plain_lm() and not keeps_full(lm.config.vocab_size, None):
         targets = sorted({t for _, t in MODEL.task.positions(tokens).scored})
-        kw = {"watch": targets} if len(targets) <= WATCH_MAX else {"full_probs": True}
+        if len(targets) > WATCH_MAX:        # [L, V] instead would be 4 GB at L = 65,536, V = 8,192
+            raise ValueError(f"the sequence asks for {len(targets):,} different answers; the app keeps the "
+                             f"probability of at most {WATCH_MAX} of them at every step (fewer pairs or queries)")
+        kw = {"watch": targets}
     return lm.trace(tokens, include=include, **kw)
 
 

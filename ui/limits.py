@@ -38,8 +38,8 @@ import math
 import os
 import platform
 import threading
-from pathlib import Path
 from functools import wraps
+from pathlib import Path
 
 from fastapi import HTTPException
 from starlette.middleware import Middleware
