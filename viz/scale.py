@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import altair as alt
 import numpy as np
 import pandas as pd
 
@@ -120,7 +119,7 @@ def overview_rows(view: TraceView, bins: Bins, tokens, stat: str, shown: list, l
              "‖h_t‖", "magma")):
         layer, p = charts.channel_heatmap(heatmap_frame(values, bins), tokens, bins, order, title + detail, what,
                                           name, stat, scheme, unit="layer", labels=labels, links=links)
-        rows.append(alt.hconcat(layer))
+        rows.append(charts.stack("h", layer))
         params += p
     return rows, ["overview_delta", "overview_norm"], params
 
