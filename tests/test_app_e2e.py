@@ -196,7 +196,7 @@ ENDPOINTS = {   # endpoint -> its parameters with a valid value each
     "/intervene": [("tokens", SHORT), ("checkpoint", ANALYTIC), ("kind", "clamp Δ"), ("layer", "layer 2"),
                    ("channels", "3"), ("timestep", None), ("until", None), ("value", 0.0)],
     "/permalink": [("tokens", SHORT), *GENERATOR, *VIEW[1:], ("checkpoint_a", TRAINED), ("checkpoint_b", ANALYTIC),
-                   ("tab", "explore")],
+                   ("tab", "explore"), ("patch_step", "3"), ("lens_step", "")],
     "/open_link": [("query", "?seq=1,2,S,5,3,4,3,S&bins=32&layers=2&tab=lens")],
     "/corrupt_memory": [("tokens", SHORT), ("memory", 3)],
     "/corrupt_trigger": [("tokens", SHORT), ("position", 1)],

@@ -371,12 +371,13 @@ def text64(client):
 
 
 def test_permalink_round_trip_through_the_api(client, text64):
-    q = call(client, text64, *GEN, "Δ ratio", 128, 5, 40, ["layer 2"], "mean", *MECH[:2], "mechanism",
+    q = call(client, text64, *GEN, "Δ ratio", 128, 5, 40, ["layer 2"], "mean", *MECH[:2], "mechanism", "", "7",
              api_name="/permalink")
     assert q.startswith("?gen=64,-1,-1,3,1,0,0&sort=ratio&bins=128&from=5&to=40&layers=2&stat=mean&ckpt=analytic")
+    assert q.endswith("&lstep=7") or "&lstep=7&" in q
     out = call(client, q, api_name="/open_link")
     assert list(out[:16]) == [text64, *GEN, "Δ ratio", 128, 5, 40, ["layer 2"], "mean", *MECH[:2]]
-    assert out[16] == "mechanism" and out[-1] == ""
+    assert out[16] == "mechanism" and list(out[-3:]) == ["", "7", ""]
 
 
 def figure_args(which, fmt, dpi, text, corrupted=""):
