@@ -306,8 +306,9 @@ def prediction_series(view: TraceView) -> dict:
     """p(top-1) at every step and, when the sequence has a scored query, p(its target) at every step."""
     out = {"p(top-1)": view.probs.max(axis=1) if view.probs is not None else view.top_k_probs[:, 0]}
     m = view.target
-    if m is not None and view.p_of(m) is not None:
-        out[f"p(target {view.task.labels[m]})"] = view.p_of(m)
+    p_target = None if m is None else view.p_of(m)
+    if p_target is not None:
+        out[f"p(target {view.task.labels[m]})"] = p_target
     return out
 
 
