@@ -39,7 +39,8 @@ from bench.app_load import (
 
 TOKENIZER_VOCAB = 50277
 CORPUS_GLOBS = ("*.md", "docs/*.md", "*/*.py")
-WORDS = ("river", "mountain", "library", "engine", "orchard", "harbor", "lantern", "meadow")
+WORDS = ("river", "mountain", "library", "engine", "orchard", "harbor", "lantern", "meadow", "canyon", "glacier",
+         "market", "bridge", "forest", "island", "valley", "castle", "garden", "tunnel", "desert", "beacon")
 
 
 def build_tokenizer(out: Path) -> None:
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    if not 1 <= args.repeats <= len(WORDS) // 2 - 1:
+        p.error(f"--repeats must be 1..{len(WORDS) // 2 - 1} (each timed text swaps in its own word)")
     from bench.lm_rss import write_dir
     row = {"model": "Mamba-1 130m (random weights, HF directory + tokenizer.json)", "L": args.length,
            "load_avg_start": os.getloadavg()[0]}

@@ -330,6 +330,22 @@ def test_heavy_requests_share_the_cores(monkeypatch, tmp_path):
     assert limits.available_cores(quota) == limits.available_cores(tmp_path / "absent") >= 1
 
 
+def test_chart_events_show_their_progress_as_a_timer_on_their_text():
+    """Every event that draws charts shows progress as Gradio's small timer on its text outputs, not
+    as the full overlay over its charts (headless chromium spent ~0.5 core animating that overlay for
+    the whole run, slowing the model beside it on 2 cores); nothing saved per run in the browser."""
+    import gradio as gr
+
+    import app
+    charting = [f for f in app.demo.fns.values()
+                if any(isinstance(o, gr.Plot) for o in f.outputs) and any(isinstance(o, gr.Markdown) for o in f.outputs)]
+    assert len(charting) >= 8                          # the view (run, edits, widgets), lens, patching, memories ...
+    for f in charting:
+        assert f.show_progress == "minimal"
+        assert f.show_progress_on and all(isinstance(o, gr.Markdown) for o in f.show_progress_on)
+    assert app.RUN_HISTORY is False                    # launch(run_history=...): see test_browser.py too
+
+
 # ---------------------------------------------------------------- permalinks, in-process
 def test_permalink_round_trip_in_process():
     import app  # noqa: F401  (loads the model and lays out the app)

@@ -79,6 +79,8 @@ def test_editing_the_sequence_reruns_the_model(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#summary').innerText.includes('L = 10')",
                            timeout=TIMEOUT_MS)
     assert "memory M = 9" in summary(page).replace("*", "")
+    # no copy of each run in the browser's localStorage (Gradio's run history: 1.6 MB per 130m view)
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.includes('run-history'))") == []
     page.click("#set-memory")                                      # quick edit: M := 0 (the widget's value)
     page.wait_for_function("() => document.querySelector('#tokens textarea').value === '3 7 1 S 0 4 4 2 5 S'",
                            timeout=TIMEOUT_MS)

@@ -52,15 +52,67 @@ def unit_px(n_units: int) -> int:
 UNIT_WORDS = {"channel": ("", "‖h_t[d,:]‖"), "head": (" per head", "‖h_t[head]‖ (over P × N)")}
 
 
+class _Stacked:
+    """A concat built by `stack`. Altair's to_dict starts with copy(deep=False), which re-runs the
+    concat's constructor and so deep-copies every subchart again (~0.2 s of a mamba-130m
+    dashboard's serialisation, one core); a stack is complete as built, so its shallow copy is a
+    new object over the same properties."""
+
+    def copy(self, deep=True, ignore=None):
+        if deep is not False:
+            return super().copy(deep, ignore)
+        out = object.__new__(type(self))
+        object.__setattr__(out, "_args", self._args)
+        object.__setattr__(out, "_kwds", dict(self._kwds))
+        return out
+
+
+class _VStack(_Stacked, alt.VConcatChart):
+    pass
+
+
+class _HStack(_Stacked, alt.HConcatChart):
+    pass
+
+
+class _Layered(_Stacked, alt.LayerChart):
+    pass
+
+
+def layered(*layers: alt.Chart, **kwargs) -> alt.LayerChart:
+    """alt.layer without its deep copy of every layer (~0.1 s of a mamba-130m dashboard: the
+    heatmaps' link and readout layers). Altair copies to lift the layers' params and shared data
+    and move their width/height/view up; here no layer may hold params, width, height or view (as
+    the dashboard's never do), and data every layer shares is lifted the same way."""
+    for c in layers:
+        if not all(alt.utils.is_undefined(getattr(c, k, alt.Undefined)) for k in ("params", "width", "height", "view")):
+            raise ValueError("layered(...) takes layers without params, width, height or view; use alt.layer")
+    out = _Layered(**kwargs)
+    data = layers[0].data if layers else alt.Undefined
+    if not alt.utils.is_undefined(data) and all(c.data is data for c in layers):
+        layers = [c.copy() for c in layers]
+        for c in layers:
+            c.data = alt.Undefined
+        out.data = data
+    out.layer = list(layers)
+    return out
+
+
 def stack(kind: str, *charts: alt.TopLevelMixin, **kwargs):
-    """alt.vconcat ("v") or a one-chart alt.hconcat ("h") without Altair's construction-time deep copy
-    of every subchart (its _combine_subchart_params; 0.4 s of a mamba-130m dashboard's 1.7 s, one
-    busy core). That copy exists to lift subcharts' params and rename repeated views; the dashboard
-    declares its params at the top level itself and names every view, so the spec is the same
+    """alt.vconcat ("v") or a one-chart alt.hconcat ("h") without Altair's deep copies of every
+    subchart, at construction (its _combine_subchart_params; 0.4 s of a mamba-130m dashboard's
+    1.7 s, one busy core) and again in to_dict (_Stacked). Those copies exist to lift subcharts'
+    params and data and rename repeated views; the dashboard declares its params at the top level
+    itself and names every view, and a lone subchart's data is lifted here, so the spec is the same
     (tests/test_lm_views.py compares it with Altair's own concat)."""
     if kind == "h" and len(charts) != 1:
         raise ValueError("stack('h', ...) wraps one chart; use alt.hconcat for several")
-    out = (alt.VConcatChart if kind == "v" else alt.HConcatChart)(**kwargs)
+    out = (_VStack if kind == "v" else _HStack)(**kwargs)
+    if kind == "h" and not alt.utils.is_undefined(charts[0].data):
+        # what Altair's hconcat does with its subcharts' shared data: to the concat
+        sub = charts[0].copy()
+        out.data, sub.data = sub.data, alt.Undefined
+        charts = (sub,)
     setattr(out, f"{kind}concat", list(charts))
     return out
 
@@ -149,7 +201,7 @@ def series_chart(frame: pd.DataFrame, bins: Bins, title: str, y_title: str, name
     note = _bin_note(bins) + ("" if bins.width == 1 else "; solid = max, dashed = mean")
     # wrapped in a one-chart hconcat: a layer placed directly in a concat gets its views renamed
     # by Altair (name -> name_<row>), which would break the selection's `views` list
-    return stack("h", alt.layer(base, strong, title=f"{title} ({note})", width=WIDTH, height=90))
+    return stack("h", layered(base, strong, title=f"{title} ({note})", width=WIDTH, height=90))
 
 
 def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order: list, title: str, what: str,
@@ -226,7 +278,7 @@ def channel_heatmap(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, order
                                                           tooltip={"field": "tip", "type": "nominal"})), *readout]
     note = _bin_note(bins, stat) if not pooled else \
         f"{stat} over each row's {unit}s" + ("" if bins.width == 1 else f" and {bins.width}-step bins")
-    layer = alt.layer(image, fade, legend, *readout, width=WIDTH, height=px * D, title=f"{title} ({note})")
+    layer = layered(image, fade, legend, *readout, width=WIDTH, height=px * D, title=f"{title} ({note})")
     return layer, [hover.selection(name), *hover.params(frame, tokens, order, name, labels)]
 
 

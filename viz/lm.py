@@ -102,7 +102,7 @@ def topk_chart(frame: pd.DataFrame, tokens: pd.DataFrame, bins: Bins, k: int, na
             x=enc["x"], y=enc["y"], text="predicted:N", tooltip=enc["tooltip"],
             color=alt.condition("datum.p > 0.5", alt.value("white"), alt.value("black"))))
     # a one-chart hconcat, as charts.series_chart: keeps the view name for the time selection
-    return charts.stack("h", alt.layer(*layers, width=charts.WIDTH, height=RANK_PX * k, title=title))
+    return charts.stack("h", charts.layered(*layers, width=charts.WIDTH, height=RANK_PX * k, title=title))
 
 
 def _nan_reduce(bins: Bins, x: np.ndarray) -> tuple:
