@@ -90,7 +90,7 @@ def layered(*layers: alt.Chart, **kwargs) -> alt.LayerChart:
     out = _Layered(**kwargs)
     data = layers[0].data if layers else alt.Undefined
     if not alt.utils.is_undefined(data) and all(c.data is data for c in layers):
-        layers = [c.copy() for c in layers]
+        layers = [c.copy(deep=False) for c in layers]
         for c in layers:
             c.data = alt.Undefined
         out.data = data
@@ -110,7 +110,7 @@ def stack(kind: str, *charts: alt.TopLevelMixin, **kwargs):
     out = (_VStack if kind == "v" else _HStack)(**kwargs)
     if kind == "h" and not alt.utils.is_undefined(charts[0].data):
         # what Altair's hconcat does with its subcharts' shared data: to the concat
-        sub = charts[0].copy()
+        sub = charts[0].copy(deep=False)          # a new top object; its data is all that changes
         out.data, sub.data = sub.data, alt.Undefined
         charts = (sub,)
     setattr(out, f"{kind}concat", list(charts))
