@@ -14,7 +14,8 @@ on a free local port; then
     click      the text box set to an L-token text, Run clicked -> a new chart drawn (median), and when
                the response arrived in the page (the rest is the browser drawing)
 Each timed text differs by one word (an identical spec would not be redrawn). Times are contended on
-a shared machine: the load average is printed with them.
+a shared machine: the load average and the machine's matmul rate (before and after) are printed with
+them.
 """
 from __future__ import annotations
 
@@ -114,6 +115,25 @@ def browser_times(url: str, texts: list) -> dict:
             "click_response_median_s": statistics.median([a for a in arrivals[1:] if a is not None] or [float("nan")])}
 
 
+def matmul_rate(threads: int = 2) -> float:
+    """GFLOP/s of an in_proj-sized fp32 matmul ([512, 768] x [768, 3072]) on `threads` threads, ~1 s:
+    this VM's speed drifts by up to ~1.7x within an hour (measured 93-171 GFLOP/s, nothing else
+    running), so each result carries the rate it ran at."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, w = torch.randn(512, 768), torch.randn(3072, 768)
+        a @ w.T
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < 1.0:
+            a @ w.T
+            n += 1
+        return n * 2 * 512 * 768 * 3072 / (time.perf_counter() - t) / 1e9
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--length", type=int, default=512, help="tokens in the timed texts")
@@ -125,7 +145,7 @@ def main(argv=None) -> int:
         p.error(f"--repeats must be 1..{len(WORDS) // 2 - 1} (each timed text swaps in its own word)")
     from bench.lm_rss import write_dir
     row = {"model": "Mamba-1 130m (random weights, HF directory + tokenizer.json)", "L": args.length,
-           "load_avg_start": os.getloadavg()[0]}
+           "load_avg_start": os.getloadavg()[0], "matmul_gflops_start": matmul_rate()}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "mamba-130m"
         write_dir("130m", d, "fp32")
@@ -145,6 +165,7 @@ def main(argv=None) -> int:
             log = (Path(tmp) / "app.log").read_text()
             row["server_traceback"] = "Traceback" in log
     row["load_avg_end"] = os.getloadavg()[0]
+    row["matmul_gflops_end"] = matmul_rate()
     print(json.dumps(row, indent=1))
     print(f"L = {row['tokens']} tokens: request -> response {row['request_median_s']:.2f} s (server CPU "
           f"{row['server_cpu_s']:.2f} s)" + ("" if args.no_browser else
@@ -152,7 +173,7 @@ def main(argv=None) -> int:
                                             f"there after {row['click_response_median_s']:.2f} s); first view "
                                             f"{row['first_view_s']:.2f} s") +
           f"; app start {row['app_start_s']:.1f} s; load average {row['load_avg_start']:.1f} -> "
-          f"{row['load_avg_end']:.1f}")
+          f"{row['load_avg_end']:.1f}; matmul {row['matmul_gflops_start']:.0f} -> {row['matmul_gflops_end']:.0f} GFLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=1))
     return 0
