@@ -47,6 +47,8 @@ def page(tmp_path_factory):
                 pg = browser.new_page(viewport={"width": 1500, "height": 3000})   # the whole dashboard: the pointer reaches every chart
                 pg.add_init_script(RECORD_CANVAS_TEXT)
                 pg.goto(url, timeout=TIMEOUT_MS)
+                # the first view drawn before any test acts (each test also runs alone: -k)
+                pg.wait_for_selector("#charts .vega-embed canvas, #charts .vega-embed svg.marks", timeout=TIMEOUT_MS)
                 yield pg
             finally:
                 browser.close()
