@@ -117,7 +117,7 @@ def browser_times(url: str, texts: list) -> dict:
 
 def matmul_rate(threads: int = 2) -> float:
     """GFLOP/s of an in_proj-sized fp32 matmul ([512, 768] x [768, 3072]) on `threads` threads, ~1 s:
-    this VM's speed drifts by up to ~1.7x within an hour (measured 93-171 GFLOP/s, nothing else
+    this VM's speed drifts by up to ~2.5x within an hour (measured 69-171 GFLOP/s, nothing else
     running), so each result carries the rate it ran at."""
     import torch
     before = torch.get_num_threads()
