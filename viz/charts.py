@@ -88,14 +88,21 @@ def layered(*layers: alt.Chart, **kwargs) -> alt.LayerChart:
         if not all(alt.utils.is_undefined(getattr(c, k, alt.Undefined)) for k in ("params", "width", "height", "view")):
             raise ValueError("layered(...) takes layers without params, width, height or view; use alt.layer")
     out = _Layered(**kwargs)
-    data = layers[0].data if layers else alt.Undefined
-    if not alt.utils.is_undefined(data) and all(c.data is data for c in layers):
-        layers = [c.copy(deep=False) for c in layers]
-        for c in layers:
-            c.data = alt.Undefined
-        out.data = data
-    out.layer = list(layers)
+    out.layer = _lift_shared_data(out, layers)
     return out
+
+
+def _lift_shared_data(parent, subcharts) -> list:
+    """What Altair's layer and concat constructors do with data all subcharts share: set it on the
+    parent; returns the subcharts, those changed as shallow copies (a new top object, data unset)."""
+    data = subcharts[0].data if subcharts else alt.Undefined
+    if alt.utils.is_undefined(data) or any(c.data is not data for c in subcharts):
+        return list(subcharts)
+    subcharts = [c.copy(deep=False) for c in subcharts]
+    for c in subcharts:
+        c.data = alt.Undefined
+    parent.data = data
+    return subcharts
 
 
 def stack(kind: str, *charts: alt.TopLevelMixin, **kwargs):
@@ -103,17 +110,12 @@ def stack(kind: str, *charts: alt.TopLevelMixin, **kwargs):
     subchart, at construction (its _combine_subchart_params; 0.4 s of a mamba-130m dashboard's
     1.7 s, one busy core) and again in to_dict (_Stacked). Those copies exist to lift subcharts'
     params and data and rename repeated views; the dashboard declares its params at the top level
-    itself and names every view, and a lone subchart's data is lifted here, so the spec is the same
+    itself and names every view, and shared data is lifted here, so the spec is the same
     (tests/test_lm_views.py compares it with Altair's own concat)."""
     if kind == "h" and len(charts) != 1:
         raise ValueError("stack('h', ...) wraps one chart; use alt.hconcat for several")
     out = (_VStack if kind == "v" else _HStack)(**kwargs)
-    if kind == "h" and not alt.utils.is_undefined(charts[0].data):
-        # what Altair's hconcat does with its subcharts' shared data: to the concat
-        sub = charts[0].copy(deep=False)          # a new top object; its data is all that changes
-        out.data, sub.data = sub.data, alt.Undefined
-        charts = (sub,)
-    setattr(out, f"{kind}concat", list(charts))
+    setattr(out, f"{kind}concat", _lift_shared_data(out, charts))
     return out
 
 
