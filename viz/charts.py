@@ -53,9 +53,9 @@ UNIT_WORDS = {"channel": ("", "‖h_t[d,:]‖"), "head": (" per head", "‖h_t[h
 
 
 class _Stacked:
-    """A concat built by `stack`. Altair's to_dict starts with copy(deep=False), which re-runs the
-    concat's constructor and so deep-copies every subchart again (~0.2 s of a mamba-130m
-    dashboard's serialisation, one core); a stack is complete as built, so its shallow copy is a
+    """A concat or layer built by `stack` or `layered`. Altair's to_dict starts with copy(deep=False),
+    which re-runs the constructor and so deep-copies every subchart again (~0.2 s of a mamba-130m
+    dashboard's serialisation, one core); these are complete as built, so their shallow copy is a
     new object over the same properties."""
 
     def copy(self, deep=True, ignore=None):
