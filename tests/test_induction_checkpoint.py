@@ -94,6 +94,35 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
                            fresh.state_dict()["backbone.layers.0.mixer.in_proj.weight"])
 
 
+def test_init_from_continues_a_shipped_file_as_a_new_run(tmp_path):
+    """--init-from: the weights, step count and lengths seen carry over (schedules keep their steps),
+    Adam starts fresh, the data stream is new, and the file says where it came from."""
+    train(tiny(tmp_path / "first", 3), progress=False)
+    src = tmp_path / "first" / "model.safetensors"
+    cfg = tiny(tmp_path / "next", 5)
+    cfg.init_from, cfg.schedule = str(src), "0:24,3:32"
+    summary = train(cfg, progress=False)
+    assert summary["step"] == 5 and summary["lengths_seen"] == [24, 32]
+    lm = load_checkpoint(tmp_path / "next" / "model.safetensors")
+    (origin,) = lm.task["init_from"]
+    assert origin == {"file": "model.safetensors", "sha256": load_checkpoint(src).checkpoint_sha256, "step": 3}
+    assert lm.task["steps"] == 5 and lm.task["wall_time_s"] >= load_checkpoint(src).task["wall_time_s"]
+    # two steps from the source's weights, not from a fresh initialisation
+    events = [json.loads(line) for line in (tmp_path / "next" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == [4, 5]
+    a, b = load_checkpoint(src).state_dict(), lm.state_dict()
+    assert all(a[k].shape == b[k].shape for k in a) and not all(torch.equal(a[k], b[k]) for k in a)
+    key = "backbone.layers.0.mixer.in_proj.weight"
+    assert (a[key] - b[key]).abs().max() < 0.01            # two Adam steps of lr 1e-3 from there
+    with pytest.raises(ValueError, match=r"d_model \(64 there, 32 here\)"):
+        train(TrainConfig(**{**vars(cfg), "d_model": 32, "out": str(tmp_path / "x")}), progress=False)
+    with pytest.raises(ValueError, match="trained on task 'induction_heads', not 'selective_copying'"):
+        train(TrainConfig(**{**vars(cfg), "task": "selective_copying", "val": "64:2",
+                             "out": str(tmp_path / "y")}), progress=False)
+    with pytest.raises(ValueError, match="give one"):
+        TrainConfig(init_from=str(src), resume=True)
+
+
 def test_dilation_scales_every_decay():
     """--dilation-max: A_log + log k is A -> k·A, with gradients reaching A_log."""
     from training.train import dilated_params

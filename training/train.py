@@ -2,6 +2,8 @@
 
     python -m training.train --seed 0 --out runs/induction-s0
     python -m training.train --out runs/induction-s0 --resume          # continue where it stopped
+    python -m training.train --init-from checkpoints/induction-2layer.safetensors --out runs/more
+        # a new run from a shipped file's weights (its run directory, Adam state included, is gone)
     python -m training.train --ssm-cfg '{"layer": "Mamba2", "d_state": 16, "headdim": 16}' --out runs/m2
     python -m training.train --task mqar --task-options '{"n_pairs": 16}' --train-len 256 --out runs/mqar
 
@@ -90,6 +92,10 @@ class TrainConfig:
     min_steps: int = 0            # never stop before this step
     out: str = "runs/induction"   # run directory: settings.json, log.jsonl, model + optimizer state
     resume: bool = False          # continue the run in --out from its last save (flags may change)
+    # a new run that starts from this checkpoint's weights (a shipped file; its run directory is gone):
+    # the step count, lengths seen and wall time continue from its metadata so schedules keep their
+    # steps; Adam starts fresh and the data stream is seeded by (seed, step), never replaying the first run
+    init_from: str = ""
     threads: int = 2              # torch.set_num_threads (the notes measured 2-core machines)
     device: str = "cpu"           # cpu: the torch scan backend; cuda: the default (Triton) backend
     log_every: int = 50           # steps between train-loss log lines
@@ -105,6 +111,8 @@ class TrainConfig:
                              f"({self.eval_every}) must be positive")
         if self.dilation_from < -1:
             raise ValueError(f"dilation_from must be a step >= 0, or -1 (auto), got {self.dilation_from}")
+        if self.resume and self.init_from:
+            raise ValueError("--resume continues a run directory and --init-from starts a new one: give one")
         if self.dilation_max < 1:
             raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
         self.length_schedule()
@@ -260,6 +268,29 @@ def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: np.ran
     return step, {k: json.loads(v) for k, v in meta.items()}
 
 
+def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig) -> tuple[int, dict, np.random.Generator]:
+    """Load --init-from's weights into `lm` (same architecture and task, else a ValueError naming the
+    difference) -> (its step, the run state to continue, the data generator for the new run)."""
+    src = load_checkpoint(cfg.init_from, device=cfg.device)
+    task = src.task or {}
+    if task.get("name") != cfg.the_task.name:
+        raise ValueError(f"--init-from {cfg.init_from}: trained on task {task.get('name')!r}, "
+                         f"not {cfg.the_task.name!r}")
+    theirs, ours = src.config.to_mamba_ssm_dict(), cfg.model_config().to_mamba_ssm_dict()
+    diff = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if diff:
+        raise ValueError(f"--init-from {cfg.init_from}: its model differs from these flags in "
+                         + ", ".join(f"{k} ({theirs.get(k)!r} there, {ours[k]!r} here)" for k in diff))
+    lm.load_state_dict(src.state_dict())
+    step = int(task.get("steps", 0))
+    prior = task.get("init_from", [])
+    state = {"lengths_seen": list(task.get("lengths_seen", [])), "wall_s": float(task.get("wall_time_s", 0.0)),
+             "streak": 0, "dilation_start": task.get("dilation_from_step"),
+             "init_from": prior + [{"file": Path(cfg.init_from).name, "sha256": src.checkpoint_sha256,
+                                    "step": step}]}
+    return step, state, np.random.default_rng([cfg.seed, step])
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -307,6 +338,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 raise ValueError(f"--resume with {key}={settings[key]!r} but the run in {out} used {before!r}")
     elif cfg.resume:
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+    elif cfg.init_from:
+        step, state, gen = init_from_checkpoint(lm, cfg)
     if cfg.dilation_max > 1 and cfg.dilation_from >= 0:
         state["dilation_start"] = cfg.dilation_from
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -327,7 +360,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             options_schedule=cfg.options_schedule, dilation_max=cfg.dilation_max,
             dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
-            validation=val, options=cfg.options())
+            validation=val, options=cfg.options(),
+            **({"init_from": state["init_from"]} if state.get("init_from") else {}))
         save_checkpoint(lm, model_path, task=task)
         save_train_state(state_path, lm, opt, step, gen, state)
 
