@@ -53,7 +53,11 @@ from pathlib import Path
 
 import torch
 
+from model import load_checkpoint
+from tasks import INDUCTION
+
 from . import cache
+from .compare import task_of
 from .measure import measure_checkpoint
 from .report import load_analytic_eval, write_report
 
@@ -137,7 +141,21 @@ def checkpoint_paths(cfg: Settings, only=()) -> list:
     paths = sorted(p for p in Path(cfg.checkpoints).glob("*.safetensors") if not only or p.stem in only)
     if not paths:
         raise SystemExit(f"no checkpoints in {cfg.checkpoints}/ (python -m analysis.analytic writes one)")
-    return sorted(paths, key=lambda p: (p.stem.startswith("analytic"), p.stem))
+    induction = []
+    for p in paths:        # the memory-task models have their own study (analysis.memory_report)
+        task = task_of(load_checkpoint(p))
+        if task is INDUCTION:
+            induction.append(p)
+        elif only:
+            raise SystemExit(f"{p}: the mechanism study is for induction heads; this checkpoint is a "
+                             f"{task.name if task else 'plain language'} model (its study: "
+                             "python -m analysis.memory_report)")
+        else:
+            print(f"{p.stem}: skipped, a {task.name if task else 'plain language'} model "
+                  "(its study: python -m analysis.memory_report)")
+    if not induction:
+        raise SystemExit(f"no induction-heads checkpoints in {cfg.checkpoints}/")
+    return sorted(induction, key=lambda p: (p.stem.startswith("analytic"), p.stem))
 
 
 def main(argv=None):

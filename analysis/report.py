@@ -214,7 +214,8 @@ def _intervention_section(results, cfg, figs: Figures) -> list:
           "| intervention | " + " | ".join(r.name for r in results) + " |", "|---|" + "---|" * len(results)]
     rows = [r.interventions.rows() for r in results]
     for k, (label, _) in enumerate(rows[0]):
-        md.append(f"| {label} | " + " | ".join(f"{row[k][1]:.3f}" for row in rows) + " |")
+        md.append(f"| {label} | " + " | ".join(f"{row[k][1]:.3f}" if not math.isnan(row[k][1])
+                                               else "— (all hold M)" for row in rows) + " |")
     md.append(f"| freeze test at 2^{cfg.freeze_log2}: none → Δ=0 after the write | "
               + " | ".join(f"{r.freeze.baseline:.3f} → {r.freeze.frozen:.3f}" for r in results) + " |")
     md.append("| freeze test at the first failing streamed length (L): none → Δ=0 after the write | " + " | ".join(
@@ -257,7 +258,8 @@ def _comparison(results) -> list:
         "max Δ ratio, layer 1 / layer 2": lambda r: " / ".join(fmt(float(x.max())) for x in r.delta.ratio),
         "α̃ contribution share of the write window": lambda r: f"{r.attention.contribution_share:.3f}",
         "clamp at write: memory / random channels": lambda r: (
-            f"{r.interventions.clamp_memory:.2f} / {r.interventions.clamp_random_mean:.2f}"),
+            f"{r.interventions.clamp_memory:.2f} / " + (f"{r.interventions.clamp_random_mean:.2f}"
+                                                         if r.interventions.clamp_random else "— (all hold M)")),
         "ablate layer 1 / layer 2": lambda r: " / ".join(f"{a:.2f}" for a in r.interventions.ablate),
     }
     md = ["## Trained vs closed-form: the same mechanism?", "",

@@ -87,8 +87,10 @@ def _checkpoint_lines(r: CheckpointResult, cfg: Settings) -> list:
         f"  Δ there: {fmt(float(np.median(r.on_memory(r.delta.write))))} at the write (P+{off}), median ratio to "
         f"the filler {fmt(median_ratio(r))}; filler Δ·|A|_eff = {fmt(rate)} per step, i.e. {fmt(rate * 2 ** 20)} "
         f"over 2^20 steps.",
-        f"  Causal: Δ = 0 over the write window on them -> accuracy {iv.clamp_memory:.2f} (as many random {r.unit}s: "
-        f"{iv.clamp_random_mean:.2f}; none: {iv.none:.2f}); their state zeroed after the write -> "
+        f"  Causal: Δ = 0 over the write window on them -> accuracy {iv.clamp_memory:.2f} ("
+        + (f"as many random {r.unit}s: {iv.clamp_random_mean:.2f}" if iv.clamp_random else
+           f"no {r.unit} of the layer is outside the set to clamp as a control")
+        + f"; none: {iv.none:.2f}); their state zeroed after the write -> "
         f"{iv.zero_state:.2f}; patched from another sequence -> {iv.patch_source:.2f} answer the source's M; Δ forced "
         f"to 0 over all filler at L = {r.freeze.length}: {r.freeze.baseline:.2f} -> {r.freeze.frozen:.2f}.",
         f"  Layer 1: ablating it everywhere -> {iv.ablate[0]:.2f}; only at S and the write window -> "

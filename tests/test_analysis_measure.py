@@ -38,6 +38,19 @@ def test_settings_are_checked_at_the_boundary():
         main(["--distances", "a,1"])
 
 
+def test_the_study_takes_the_induction_models_and_names_the_rest(tmp_path, capsys):
+    """`make mechanism` reads every file in checkpoints/: the memory-task models there have their own
+    study (analysis.memory_report) and are skipped with a line saying so, not a traceback."""
+    from analysis.mechanism import checkpoint_paths
+    shutil.copy(ANALYTIC, tmp_path / ANALYTIC.name)
+    shutil.copy("checkpoints/selective-copy-2layer.safetensors", tmp_path / "sc.safetensors")
+    cfg = Settings(checkpoints=str(tmp_path))
+    assert checkpoint_paths(cfg) == [tmp_path / ANALYTIC.name]
+    assert "sc: skipped, a selective_copying model (its study: python -m analysis.memory_report)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="is a selective_copying model"):
+        checkpoint_paths(cfg, only=["sc"])
+
+
 def test_mechanism_end_to_end_on_the_closed_form(tmp_path, one_thread, capsys):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

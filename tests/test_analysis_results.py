@@ -121,6 +121,19 @@ def test_verdict_names_what_fails():
     assert "the decay formula alone does NOT account for it" in text
 
 
+def test_a_memory_that_holds_every_unit_has_no_random_control_and_says_so(tmp_path):
+    """A Mamba-2 layer has 8 heads; when all of them hold M there is no unit left to clamp as a
+    control: the verdict and the table say so instead of printing nan."""
+    r = make_result(name="all")
+    r.interventions.clamp_random = []
+    (line,) = [x for x in verdict([r], Settings()) if "Causal:" in x]
+    assert "accuracy 0.00 (no channel of the layer is outside the set to clamp as a control; none: 1.00)" in line
+    text = write_report([r], Settings(out=str(tmp_path / "doc.md"), fig_dir=str(tmp_path / "doc"),
+                                      distances=(0, 4, 200)), 1.0, None, "")
+    assert "| clamp Δ=0 at the write, random channels (mean of 0) | — (all hold M) |" in text
+    assert "nan" not in text
+
+
 # ---------------------------------------------------------------------------------------------
 # the cache
 

@@ -48,6 +48,15 @@ def test_shipped_checkpoint_metadata(shipped):
     assert CHECKPOINT.stat().st_size < 1 << 20
 
 
+@pytest.mark.parametrize("length, samples, floor", [(4096, 64, 0.98), (32768, 16, 0.85)])
+def test_shipped_mamba2_checkpoint_holds_the_token_past_its_training_length(length, samples, floor):
+    """The Mamba-2 card: 100% at 4,096, 98.4% at 2^15 (64 sequences), after training up to 8,192."""
+    lm = load_checkpoint(CHECKPOINT.with_name("induction-2layer-mamba2.safetensors"))
+    assert lm.config.ssm_cfg["layer"] == "Mamba2" and 8192 in lm.task["lengths_seen"]
+    correct, total = count_correct(lm, length, samples, seed=TEST_SEED + length)
+    assert correct / total >= floor, f"{correct}/{total} right at L={length}, need >= {floor:.0%}"
+
+
 def test_the_accuracy_test_can_fail():
     """An untrained model must score near chance (1/16) on the same check."""
     torch.manual_seed(0)
