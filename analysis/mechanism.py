@@ -146,13 +146,12 @@ def checkpoint_paths(cfg: Settings, only=()) -> list:
         task = task_of(load_checkpoint(p))
         if task is INDUCTION:
             induction.append(p)
-        elif only:
-            raise SystemExit(f"{p}: the mechanism study is for induction heads; this checkpoint is a "
-                             f"{task.name if task else 'plain language'} model (its study: "
-                             "python -m analysis.memory_report)")
-        else:
-            print(f"{p.stem}: skipped, a {task.name if task else 'plain language'} model "
-                  "(its study: python -m analysis.memory_report)")
+            continue
+        kind = (f"a {task.name} model (its study: python -m analysis.memory_report)" if task
+                else "a plain language model (no task to study)")
+        if only:
+            raise SystemExit(f"{p}: the mechanism study is for induction heads; this checkpoint is {kind}")
+        print(f"{p.stem}: skipped, {kind}")
     if not induction:
         raise SystemExit(f"no induction-heads checkpoints in {cfg.checkpoints}/")
     return sorted(induction, key=lambda p: (p.stem.startswith("analytic"), p.stem))
