@@ -96,10 +96,12 @@ def mamba_chunk_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=N
     H = (initial_states.to(ct).reshape(batch, ngroups, r, headdim, n) if initial_states is not None
          else xg.new_zeros(batch, ngroups, r, headdim, n))                         # [b, g, r, p, n]
     chunk_decay = Acum[..., -1].clamp(min=EXP_FLOOR).exp()                         # [b, g, r, c]
+    # unbind, not S[:, :, :, c]: indexing's backward writes a full-size zero gradient per chunk, O(c^2)
+    # (forward + backward at b = 8, L = 16,384, 8 heads, one thread: 16.4 s that way, 5.4 s this way)
     starts = []
-    for c in range(nc):
+    for decay_c, S_c in zip(chunk_decay[..., None, None].unbind(3), S.unbind(3)):
         starts.append(H)
-        H = chunk_decay[..., c, None, None] * H + S[:, :, :, c]
+        H = decay_c * H + S_c
     Hs = torch.stack(starts, dim=3)                                                # [b, g, r, c, p, n]
     # 4. the entering state, decayed to step t, read out by C_t
     y = y + Acum.clamp(min=EXP_FLOOR).exp()[..., None] * (Cg @ Hs.transpose(-1, -2))  # [b, g, r, c, T, p]
