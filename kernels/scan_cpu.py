@@ -28,8 +28,10 @@ from .scan_torch import selective_scan_torch
 # marked `omp simd` (cpu_kernels.cpp) or written with vector types (ssd_cpu.cpp), which is all the
 # vectoriser needs.
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-# "portable" = the build a CPU without AVX-512 gets (tests run it on AVX-512 machines too)
-_VARIANT_FLAGS = {"native": [], "portable": ["-mno-avx512f"]}
+# "portable" = the build a CPU without AVX-512 gets (AVX2 + FMA; tests run it on AVX-512 machines
+# too); "generic" = neither (plain C the compiler vectorises: older x86, and the path other
+# architectures take), also tested everywhere
+_VARIANT_FLAGS = {"native": [], "portable": ["-mno-avx512f"], "generic": ["-mno-avx512f", "-mno-avx2", "-mno-fma"]}
 
 
 class CppExtension:
