@@ -46,9 +46,9 @@ mechanism: $(VENV)/.installed
 	$(VENV)/bin/python -m viz.figures docs/mechanism/figures.json
 
 # docs/memory/<task>.md and figures: the memory lab's report on each many-memory checkpoint, at the
-# selective-copying training context (n_ctx 2,048) and Zoology's (256, 16) MQAR setting (~2 min on 2 cores)
+# selective-copying training context (n_ctx 4,096, the paper's) and Zoology's (256, 16) MQAR setting (~2 min on 2 cores)
 memory: $(VENV)/.installed
-	$(VENV)/bin/python -m analysis.memory_report checkpoints/selective-copy-2layer.safetensors --length 2048
+	$(VENV)/bin/python -m analysis.memory_report checkpoints/selective-copy-2layer.safetensors --length 4096
 	$(VENV)/bin/python -m analysis.memory_report checkpoints/mqar-2layer.safetensors --length 256 --options '{"n_pairs": 16}'
 	for f in docs/memory/*/figures.json; do $(VENV)/bin/python -m viz.figures $$f || exit 1; done
 
