@@ -306,17 +306,19 @@ class MambaLM(nn.Module):
         return logits, states
 
     def forward(self, input_ids: Tensor, num_last_tokens: int = 0, backend: Optional[str] = None,
-                chunk_len: Optional[int] = None, positions: Optional[Tensor] = None) -> Tensor:
+                chunk_len: Optional[int] = None, positions: Optional[Tensor] = None,
+                hooks: Optional[list] = None) -> Tensor:
         """input_ids [B, L] -> logits [B, L, V] (or [B, num_last_tokens, V], or [B, K, V] at
         `positions` [B, K]).
 
         Without gradients the sequence streams through model.run's chunk loop (chunk_len tokens
         at a time, default run.default_chunk_len), carrying conv and SSM states, so memory grows with
-        the chunk, not with L. With gradients: one pass (training backpropagates through it).
+        the chunk, not with L. With gradients, or with `hooks` (forward_chunk's; training's filler
+        dilation): one pass (training backpropagates through it).
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or hooks is not None:
             return self.forward_chunk(input_ids, num_last_tokens=num_last_tokens, backend=backend,
-                                      positions=positions)[0]
+                                      positions=positions, hooks=hooks)[0]
         if positions is None:
             return run(self, input_ids, num_last_tokens=num_last_tokens, backend=backend, chunk_len=chunk_len).logits
         keep = input_ids.shape[1] - int(positions.min())

@@ -23,6 +23,12 @@ Two optional additions for length extrapolation (see docs/training.md for why an
   unchanged: a sequence of L tokens then forgets as much as one of k·L tokens would. The loss thus
   sees the forgetting of long sequences while the model only ever reads L = 256 tokens.
   `--dilation-from -1` switches it on once the task is learned (validation at 100% up to L).
+- `--filler-dilation-max K` multiplies Δ by k ~ logUniform[1, K] at the *filler* steps only (those
+  more than d_conv steps after every write, marker and query the task names), so both the decay and
+  the filler's input Δ·B·x grow k-fold there: the state then holds about as much filler as after k·L
+  filler tokens (the mean term exactly; the random part k-fold, not sqrt(k)-fold: a harder test).
+  Mamba-2's memory heads integrate instead of gating (docs/mamba2.md): their limit is filler written
+  into the state, which decay dilation cannot show at L = 256.
 On CPU the scan runs on the `torch` backend (chunked, hand-written backward); on CUDA the default.
 """
 from __future__ import annotations
@@ -44,7 +50,7 @@ from tqdm import tqdm
 
 import numpy as np
 
-from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+from model import MambaConfig, MambaLM, MixerHooks, load_checkpoint, save_checkpoint
 from tasks import task_named
 
 from .eval import count_correct, query_logits, task_batch
@@ -85,6 +91,10 @@ class TrainConfig:
     # first step with dilation; -1 = from the first validation at 100% on every validation length
     # <= the training length (the task is learned; the stop-after count then restarts there)
     dilation_from: int = 0
+    # filler dilation: Δ x k at the filler steps (every step farther than d_conv from a write, marker or
+    # query), k ~ logU[1, K] per step; 1 = off. Stretches both the decay and the filler's input k-fold
+    filler_dilation_max: float = 1.0
+    filler_dilation_from: int = 0  # first step with filler dilation
     eval_every: int = 250         # steps between validations
     # validation sets "len:samples,...": fixed sequences (seed VAL_SEED + len), same every eval
     val: str = "256:256,1024:64,4096:32"
@@ -113,8 +123,9 @@ class TrainConfig:
             raise ValueError(f"dilation_from must be a step >= 0, or -1 (auto), got {self.dilation_from}")
         if self.resume and self.init_from:
             raise ValueError("--resume continues a run directory and --init-from starts a new one: give one")
-        if self.dilation_max < 1:
-            raise ValueError(f"dilation_max must be >= 1 (1 = off), got {self.dilation_max}")
+        if self.dilation_max < 1 or self.filler_dilation_max < 1:
+            raise ValueError(f"dilation_max ({self.dilation_max}) and filler_dilation_max "
+                             f"({self.filler_dilation_max}) must be >= 1 (1 = off)")
         self.length_schedule()
         self.lr_steps()
         self.options_at(0)
@@ -299,14 +310,33 @@ def dilated_params(lm: MambaLM, k: float) -> dict:
     return {n: p + math.log(k) for n, p in lm.named_parameters() if n.endswith("mixer.A_log")}
 
 
+def filler_scale(task, tokens: np.ndarray, k: float, reach: int) -> np.ndarray:
+    """tokens [B, L] -> Δ multipliers [B, 1, L] float32: k at the filler steps, 1 at every write,
+    marker and query of the task and the `reach` - 1 steps after each (the conv window still holds
+    them there, so the write itself is never scaled)."""
+    B, L = tokens.shape
+    scale = np.full((B, 1, L), k, dtype=np.float32)
+    for b in range(B):
+        pos = task.positions(tokens[b])
+        for s in (*pos.writes, *pos.markers, *pos.queries):
+            scale[b, 0, s:s + reach] = 1.0
+    return scale
+
+
 def train_step(lm: MambaLM, opt: torch.optim.Adam, tokens: torch.Tensor, queries: torch.Tensor,
-               answers: torch.Tensor, k: float = 1.0) -> tuple[float, float]:
+               answers: torch.Tensor, k: float = 1.0,
+               delta_scale: torch.Tensor | None = None) -> tuple[float, float]:
     """One Adam step on the loss at the query steps only (induction heads: the last position).
-    tokens [B, L], queries and answers [B, K]. Returns (loss, accuracy over the queries)."""
-    forward = None
+    tokens [B, L], queries and answers [B, K]; k: decay dilation; delta_scale [B, 1, L]: Δ
+    multipliers per step (filler dilation), every layer. Returns (loss, accuracy over the queries)."""
+    hooks = None
+    if delta_scale is not None:
+        hooks = [MixerHooks(delta=lambda d: d * delta_scale)] * len(lm.backbone.layers)   # d [B, U, L]
     if k != 1.0:
         params = dilated_params(lm, k)
-        forward = lambda t, **kw: functional_call(lm, params, (t,), kw)  # noqa: E731
+        forward = lambda t, **kw: functional_call(lm, params, (t,), {**kw, "hooks": hooks})  # noqa: E731
+    else:
+        forward = lambda t, **kw: lm(t, hooks=hooks, **kw)  # noqa: E731
     logits = query_logits(lm, tokens, queries, forward)                           # [B, K, V]
     loss = F.cross_entropy(logits.float().flatten(0, 1), answers.flatten())
     opt.zero_grad(set_to_none=True)
@@ -358,6 +388,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
             schedule=cfg.schedule,
             options_schedule=cfg.options_schedule, dilation_max=cfg.dilation_max,
+            **({"filler_dilation_max": cfg.filler_dilation_max, "filler_dilation_from": cfg.filler_dilation_from}
+               if cfg.filler_dilation_max > 1 else {}),
             dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
             validation=val, options=cfg.options(),
@@ -380,7 +412,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if cfg.dilation_max > 1 and state["dilation_start"] is not None and step >= state["dilation_start"]:
             k = float(np.exp(gen.random() * math.log(cfg.dilation_max)))
         dev = lambda a: torch.from_numpy(a).to(cfg.device)  # noqa: E731
-        loss, acc = train_step(lm, opt, dev(b.tokens), dev(b.queries), dev(b.answers), k)
+        scale = None
+        if cfg.filler_dilation_max > 1 and step >= cfg.filler_dilation_from:
+            kf = float(np.exp(gen.random() * math.log(cfg.filler_dilation_max)))
+            scale = dev(filler_scale(cfg.the_task, b.tokens, kf, lm.config.ssm("d_conv")))
+        loss, acc = train_step(lm, opt, dev(b.tokens), dev(b.queries), dev(b.answers), k, scale)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {step}")
         step += 1
