@@ -11,7 +11,9 @@ on the layer's units over S, M and the conv window after M (ClampDelta: no input
 leaves h_filler, the state built by the filler alone; the layer's inputs come from the layers below,
 which the clamp leaves untouched, so h - h_filler is the write window's term exactly. The table gives,
 per τ, the readouts' norms over the chosen units: |y_write|, |y_filler|, their ratio and cosine, and
-the model's accuracy at the query.
+the model's accuracy at the query. In a layer that M reaches only through the layers below at every
+step (not written in the window), |y_write| is 0 and the ratio infinite: the split is for the layer
+that holds M.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class ReadoutRow:
     tau: int
     write: float          # |C_q · h_write| over the units, mean over sequences
     filler: float         # |C_q · h_filler|
-    ratio: float          # mean of |y_filler| / |y_write| per sequence
+    ratio: float          # mean of |y_filler| / |y_write| per sequence (inf: nothing written in the window)
     cosine: float         # mean cosine(y_write, y_filler)
     accuracy: float       # the model's answer at the query is M
 
@@ -75,7 +77,8 @@ def readout_split(lm, layer: int, distances, n: int = 4, seed: int = 0, units=No
         y_w = y - y_f
         nw, nf = y_w.norm(dim=1), y_f.norm(dim=1)
         acc = (full.logits[:, -1].argmax(-1).cpu() == torch.from_numpy(M)).double().mean()
-        rows.append(ReadoutRow(d, float(nw.mean()), float(nf.mean()), float((nf / nw.clamp_min(1e-300)).mean()),
+        ratio = float((nf / nw).mean()) if bool((nw > 0).all()) else math.inf     # no write term: a layer
+        rows.append(ReadoutRow(d, float(nw.mean()), float(nf.mean()), ratio,          # that M reaches from below
                                float(torch.nn.functional.cosine_similarity(y_w, y_f, dim=1).mean()), float(acc)))
     return rows
 
