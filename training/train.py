@@ -23,8 +23,8 @@ Two optional additions for length extrapolation (see docs/training.md for why an
   unchanged: a sequence of L tokens then forgets as much as one of k·L tokens would. The loss thus
   sees the forgetting of long sequences while the model only ever reads L = 256 tokens.
   `--dilation-from -1` switches it on once the task is learned (validation at 100% up to L).
-- `--filler-dilation-max K` multiplies Δ by k ~ logUniform[1, K] at the *filler* steps only (those
-  more than d_conv steps after every write, marker and query the task names), so both the decay and
+- `--filler-dilation-max K` multiplies Δ by k ~ logUniform[1, K] at the *filler* steps only (all but
+  each write, marker and query the task names and the d_conv - 1 steps after it), so both the decay and
   the filler's input Δ·B·x grow k-fold there: the state then holds about as much filler as after k·L
   filler tokens (the mean term exactly; the random part k-fold, not sqrt(k)-fold: a harder test).
   Mamba-2's memory heads integrate instead of gating (docs/mamba2.md): their limit is filler written
@@ -91,8 +91,8 @@ class TrainConfig:
     # first step with dilation; -1 = from the first validation at 100% on every validation length
     # <= the training length (the task is learned; the stop-after count then restarts there)
     dilation_from: int = 0
-    # filler dilation: Δ x k at the filler steps (every step farther than d_conv from a write, marker or
-    # query), k ~ logU[1, K] per step; 1 = off. Stretches both the decay and the filler's input k-fold
+    # filler dilation: Δ x k at the filler steps (all but each write, marker or query and the d_conv - 1
+    # steps after it), k ~ logU[1, K] per step; 1 = off. Stretches both the decay and the filler's input
     filler_dilation_max: float = 1.0
     filler_dilation_from: int = 0  # first step with filler dilation
     eval_every: int = 250         # steps between validations
