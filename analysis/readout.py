@@ -4,7 +4,7 @@
 
 ρ (analysis/stream.py) says how much of the state is still the write; a model can keep recalling M
 while the filler swamps the state (ρ ≪ 0) if the filler lands where the query does not look. This
-measures where the query looks. Sequences [S, M, filler × τ, S] (as the long stream). At the query,
+measures where the query looks. Sequences [S, M, filler × τ, S] (the long stream's, analysis/stream.py). At the query,
 each unit reads its carried state through C_q: y = C_q · h_{q-1} (a Mamba-1 channel: one number; a
 Mamba-2 head: P numbers; the query's own input and D·x aside). The same sequence run again with Δ = 0
 on the layer's units over S, M and the conv window after M (ClampDelta: no input, no decay there)
@@ -21,12 +21,12 @@ import argparse
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from model import load_checkpoint, run
 from model.interventions import ClampDelta
-from tasks.induction import CONTENT_VOCAB, TRIGGER
+
+from .stream import stream_draws, stream_tokens
 
 
 @dataclass
@@ -55,15 +55,12 @@ def readout_split(lm, layer: int, distances, n: int = 4, seed: int = 0, units=No
     units = list(range(U)) if units is None else list(units)
     G = getattr(mixer, "ngroups", 1)
     window_end = 1 + lm.config.d_conv                                          # S, M and d_conv - 1 steps after M
-    g = np.random.default_rng(seed)
-    M = g.integers(0, CONTENT_VOCAB, n)
-    filler = g.integers(0, CONTENT_VOCAB, (n, max(distances)))
+    M, filler = stream_draws(n, max(distances), seed)                          # [n], [n, τ_max]
     rows = []
     for d in distances:
         if d < lm.config.d_conv:
             raise ValueError(f"τ = {d} is inside the write window (d_conv {lm.config.d_conv})")
-        tokens = torch.from_numpy(np.concatenate([np.full((n, 1), TRIGGER), M[:, None], filler[:, :d],
-                                                  np.full((n, 1), TRIGGER)], 1))              # [n, d + 3]
+        tokens = stream_tokens(M, filler, d)                                   # [n, d + 3]
         q = tokens.shape[1] - 1
         full = run(lm, tokens, include=("C",), num_last_tokens=1, snapshots=(q - 1,))
         clamp = ClampDelta(layer=layer, channels=units, from_t=0, to_t=window_end)

@@ -39,14 +39,24 @@ def distances(max_log2: int) -> list:
     return [2 ** k for k in ks]
 
 
+def stream_draws(n: int, tau_max: int, seed: int) -> tuple:
+    """The long stream's sequences: (M [n], filler [n, tau_max]) from numpy's generator at `seed`."""
+    g = np.random.default_rng(seed)
+    M = g.integers(0, CONTENT_VOCAB, n)
+    return M, g.integers(0, CONTENT_VOCAB, (n, tau_max))
+
+
+def stream_tokens(M: np.ndarray, filler: np.ndarray, tau: int) -> torch.Tensor:
+    """[S, M, τ filler steps, S] per sequence: a LongTensor [n, τ + 3], the query last."""
+    n = M.shape[0]
+    return torch.from_numpy(np.concatenate([np.full((n, 1), TRIGGER), M[:, None], filler[:, :tau],
+                                            np.full((n, 1), TRIGGER)], 1))
+
+
 def long_stream(lm, cfg: Settings, layer: int, mem: list) -> LongStream:
-    g = np.random.default_rng(cfg.seed + 7)
     n, w = cfg.long_seqs, lm.config.d_conv - 1          # w: filler steps inside the write window after M
     dists = distances(cfg.long_max_log2)
-    M = g.integers(0, CONTENT_VOCAB, n)                                              # [n]
-    filler = g.integers(0, CONTENT_VOCAB, (n, dists[-1]))                            # [n, τ_max]
-    head = np.stack([np.full(n, TRIGGER), M], 1)                                     # [n, 2]: S M
-    query = np.full((n, 1), TRIGGER)
+    M, filler = stream_draws(n, dists[-1], cfg.seed + 7)                            # [n], [n, τ_max]
     target = torch.from_numpy(M)
     out = LongStream(n=n, distances=[], rho=[], cosine=[], accuracy=[], min_margin=[], stopped_early=False)
     h0, forgotten = None, 0
@@ -54,7 +64,7 @@ def long_stream(lm, cfg: Settings, layer: int, mem: list) -> LongStream:
         if forgotten >= cfg.long_stop_after:      # budget: nothing left to lose
             out.stopped_early = True
             break
-        tokens = torch.from_numpy(np.concatenate([head, filler[:, :d], query], 1))    # [n, d + 3]
+        tokens = stream_tokens(M, filler, d)                                          # [n, d + 3]
         res = run(lm, tokens, num_last_tokens=1, snapshots=(1 + w, 1 + d))            # after the window; before S
         if h0 is None:
             h0 = res.snapshots[1 + w][layer].ssm[:, mem].double().reshape(n, -1)      # [n, k*N]
