@@ -39,7 +39,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ from tqdm import tqdm
 import numpy as np
 
 from model import MambaConfig, MambaLM, MixerHooks, load_checkpoint, save_checkpoint
+from model.config import NORM_EPSILON_DEFAULT
 from tasks import task_named
 
 from .eval import count_correct, query_logits, task_batch
@@ -351,12 +352,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = asdict(cfg)
+    state_path, model_path = out / "optim.safetensors", out / "model.safetensors"
+    # RMSNorm's eps is not a flag: a widened file (training/widen.py) carries its own, and a run that
+    # starts from a file keeps that file's, so that what it computes does not move at step 0
+    start = model_path if cfg.resume and state_path.exists() else (cfg.init_from or None)
+    eps = load_checkpoint(start).config.norm_epsilon if start else NORM_EPSILON_DEFAULT
     torch.manual_seed(cfg.seed)                       # the initialisation
-    lm = MambaLM(cfg.model_config(), device=cfg.device)
+    lm = MambaLM(replace(cfg.model_config(), norm_epsilon=eps), device=cfg.device)
     opt = torch.optim.Adam(lm.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = np.random.default_rng(cfg.seed)             # the data stream (and the dilation draws)
     step, state = 0, {"lengths_seen": [], "wall_s": 0.0, "streak": 0, "dilation_start": None}
-    state_path, model_path = out / "optim.safetensors", out / "model.safetensors"
     if cfg.resume and state_path.exists():
         lm.load_state_dict(load_checkpoint(model_path, device=cfg.device).state_dict())
         step, state = load_train_state(state_path, lm, opt, gen)
