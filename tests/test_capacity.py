@@ -45,3 +45,35 @@ def test_the_pair_mixture_grows_one_d_at_a_time_over_the_first_half():
     assert capacity.growing_mixture([16, 2, 8, 4], 1200) == {
         "0": {"n_pairs": [2, 4]}, "300": {"n_pairs": [2, 4, 8]}, "600": {"n_pairs": [2, 4, 8, 16]}}
     assert capacity.growing_mixture([3], 10) == {"0": {"n_pairs": [3]}}
+
+
+def test_warm_sweep_starts_every_size_from_one_trained_model(tmp_path):
+    """--warm-from: each N starts from the file with its state resized, trains --steps more on the whole
+    mixture, takes the file's vocab, width and length, and says so in the report; a file that is not a
+    Mamba-1 MQAR model is refused."""
+    import torch
+    from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    src = tmp_path / "mqar.safetensors"
+    save_checkpoint(MambaLM(MambaConfig(d_model=8, n_layer=2, vocab_size=16, ssm_cfg={"d_state": 3})), src,
+                    task={"name": "mqar", "vocab": 16, "train_len": 12, "steps": 5})
+    out = tmp_path / "docs" / "capacity-warm"
+    capacity.main(["--warm-from", str(src), "--d-states", "2,5", "--pairs", "1,3", "--steps", "2", "--samples", "3",
+                   "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert (saved["settings"]["vocab"], saved["settings"]["d_model"], saved["settings"]["length"]) == (16, 8, 12)
+    assert saved["settings"]["warm_from"]["d_state"] == 3 and saved["settings"]["warm_from"]["steps"] == 5
+    assert [(r["d_state"], r["pairs"]) for r in saved["rows"]] == [(2, 1), (2, 3), (5, 1), (5, 3)]
+    for N in (2, 5):
+        start = load_checkpoint(tmp_path / "runs" / f"N{N}" / "start.safetensors")
+        trained = load_checkpoint(tmp_path / "runs" / f"N{N}" / "model.safetensors")
+        assert start.config.d_state == trained.config.d_state == N
+        assert trained.task["steps"] == 7 and trained.task["init_from"][0]["step"] == 5
+    md = (tmp_path / "docs" / "capacity-warm.md").read_text()
+    assert "Every model starts from" in md and "](capacity-warm/capacity.png)" in md
+    with pytest.raises(SystemExit, match="differs from --warm-from's 8"):
+        capacity.main(["--warm-from", str(src), "--d-model", "16", "--out", str(out)])
+    other = tmp_path / "induction.safetensors"
+    save_checkpoint(MambaLM(MambaConfig(d_model=8, n_layer=1)), other, task={"name": "induction_heads"})
+    with pytest.raises(SystemExit, match="needs a Mamba-1 MQAR model"):
+        capacity.main(["--warm-from", str(other), "--out", str(out)])

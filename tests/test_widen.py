@@ -4,7 +4,7 @@ import torch
 
 from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
 from training.train import TrainConfig, train
-from training.widen import WidenError, main as widen_main, widen
+from training.widen import WidenError, main as widen_main, resize_state, widen
 
 
 def trained_like(d_model=16, vocab=20, seed=0):
@@ -95,3 +95,24 @@ def test_cli_and_training_from_the_widened_file(tmp_path, capsys):
     with torch.no_grad():
         a, b = lm.eval()(tokens), after(tokens)
     assert (a - b).abs().max() <= 1e-3 * a.abs().max()                       # one step of lr 1e-9
+
+
+def test_resize_state():
+    """More state dims: the same logits (the new ones unread at first, but written, so C trains);
+    fewer: the first N kept as they were."""
+    lm = trained_like()
+    tokens = torch.randint(0, 20, (2, 23))
+    bigger = resize_state(lm, 24).eval()
+    with torch.no_grad():
+        a, b = lm(tokens), bigger(tokens)
+    assert bigger.config.d_state == 24 and (a - b).abs().max() <= 1e-6 * a.abs().max()
+    xp = bigger.backbone.layers[1].mixer.x_proj.weight                            # [R + 2N, E]
+    r = lm.config.dt_rank
+    assert xp[r + 16:r + 24].abs().sum() > 0 and xp[r + 24 + 16:].abs().sum() == 0   # new B written, new C unread
+    smaller = resize_state(lm, 4)
+    old, new = lm.backbone.layers[0].mixer, smaller.backbone.layers[0].mixer
+    assert torch.equal(new.A_log, old.A_log[:, :4])
+    assert torch.equal(new.x_proj.weight[r + 4:], old.x_proj.weight[r + 16:r + 20])  # C's first 4 rows
+    assert torch.equal(new.in_proj.weight, old.in_proj.weight)
+    with pytest.raises(WidenError, match=">= 1"):
+        resize_state(lm, 0)

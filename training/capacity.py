@@ -28,16 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from model import load_checkpoint
+from model import load_checkpoint, save_checkpoint
 
 from tasks.mqar import check_vocab
 
 from .eval import count_correct
 from .train import VAL_SEED, TrainConfig, train
+from .widen import resize_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,9 +70,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/capacity", help="where the models train (one folder per N)")
     ap.add_argument("--score-only", action="store_true", help="score the models already in --runs; no training")
+    ap.add_argument("--warm-from", default="",
+                    help="a trained MQAR checkpoint every model starts from, its state resized to each N "
+                         "(training/widen.py's resize_state); --steps then counts the steps after it, on the "
+                         "whole mixture; vocab, d_model and the length default to the file's")
     ap.add_argument("--out", default=str(ROOT / "docs" / "capacity"), help="results.json and figures.json here")
     a = ap.parse_args(argv)
     states, pairs = ints(a.d_states, "--d-states"), ints(a.pairs, "--pairs")
+    warm = warm_source(a, sys.argv[1:] if argv is None else argv)
     if 3 * max(pairs) > a.length:
         raise SystemExit(f"--pairs {max(pairs)} does not fit in --length {a.length} (MQAR needs 3*D <= L)")
     try:
@@ -81,15 +88,24 @@ def main(argv=None):
         raise SystemExit(f"--pairs {max(pairs)} needs that many distinct keys; --vocab {a.vocab} has {a.vocab // 2 - 1}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(a).items() if k not in ("runs", "out", "d_states", "threads", "score_only")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("runs", "out", "d_states", "threads", "score_only", "warm_from")}
+    if warm:
+        settings["warm_from"] = {"file": a.warm_from, "sha256": warm.checkpoint_sha256,
+                                 "d_state": warm.config.d_state, "steps": int(warm.task.get("steps", 0))}
     rows = []
     for N in states:
+        start = int(warm.task.get("steps", 0)) if warm else 0
         cfg = TrainConfig(task="mqar", task_options=json.dumps({"n_pairs": pairs, "vocab": a.vocab}), seed=a.seed,
-                          options_schedule=json.dumps(growing_mixture(pairs, a.steps)), steps=a.steps,
+                          options_schedule="" if warm else json.dumps(growing_mixture(pairs, a.steps)),
+                          steps=start + a.steps,
                           batch=a.batch, lr=a.lr, train_len=a.length, eval_every=a.steps, val=f"{a.length}:8",
                           stop_after=10 ** 9, out=str(Path(a.runs) / f"N{N}"), threads=a.threads,
                           ssm_cfg=json.dumps({"d_state": N}), d_model=a.d_model, n_layer=2)
         t0, model = time.time(), Path(cfg.out) / "model.safetensors"
+        if warm and not a.score_only:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            cfg.init_from = str(Path(cfg.out) / "start.safetensors")
+            save_checkpoint(resize_state(warm, N, seed=a.seed), cfg.init_from, task=warm.task)
         if a.score_only:
             if not model.exists():
                 raise SystemExit(f"--score-only: no trained model at {model}")
@@ -106,6 +122,28 @@ def main(argv=None):
                          "queries": total, "train_minutes": round(minutes, 1)})
             print(f"N={N:3d} (state {state} per layer)  D={D:3d}: {right / total:.3f} of {total} queries")
         write(out, settings, rows)
+
+
+def warm_source(a, argv: list):
+    """--warm-from's model (or None), its vocab, width and length taken for the sweep's unless given."""
+    if not a.warm_from:
+        return None
+    try:
+        lm = load_checkpoint(a.warm_from)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--warm-from: {e}") from None
+    task = lm.task or {}
+    if task.get("name") != "mqar" or lm.config.layer != "Mamba1":
+        raise SystemExit(f"--warm-from {a.warm_from}: needs a Mamba-1 MQAR model, this is "
+                         f"{lm.config.layer} on {task.get('name')!r}")
+    given = {f.split("=")[0] for f in argv if f.startswith("--")}
+    for flag, value in (("--vocab", lm.config.vocab_size), ("--d-model", lm.config.d_model),
+                        ("--length", int(task.get("train_len", a.length)))):
+        if flag not in given:
+            setattr(a, flag[2:].replace("-", "_"), value)
+        elif getattr(a, flag[2:].replace("-", "_")) != value and flag != "--length":
+            raise SystemExit(f"{flag} {getattr(a, flag[2:].replace('-', '_'))} differs from --warm-from's {value}")
+    return lm
 
 
 def growing_mixture(pairs: list, steps: int) -> dict:
@@ -142,21 +180,36 @@ def write(out: Path, settings: dict, rows: list) -> None:
         "title": f"MQAR at L={settings['length']}, V={settings['vocab']}: accuracy vs pairs, 2-layer Mamba "
                  f"d_model {settings['d_model']}, {settings['steps']} steps"}}}
     (out / "figures.json").write_text(json.dumps(figure) + "\n")
-    (out.parent / "capacity.md").write_text(report(settings, rows))
-    print(f"wrote {out}/results.json, figures.json and {out.parent}/capacity.md")
+    (out.parent / f"{out.name}.md").write_text(report(settings, rows, out.name))
+    print(f"wrote {out}/results.json, figures.json and {out.parent}/{out.name}.md")
 
 
-def report(settings: dict, rows: list) -> str:
+def report(settings: dict, rows: list, name: str = "capacity") -> str:
     states = sorted({r["d_state"] for r in rows})
     pairs = sorted({r["pairs"] for r in rows})
     acc = {(r["d_state"], r["pairs"]): r["accuracy"] for r in rows}
     V = settings.get("vocab", 8192)
+    warm = settings.get("warm_from")
+    shown = {k: v for k, v in settings.items() if k != "warm_from"}
+    flags = ", ".join(f"{k}={v}" for k, v in shown.items())
+    if warm:
+        how = (f"Every model starts from `{warm['file']}` (d_state {warm['d_state']}, {warm['steps']:,} steps; "
+               f"sha256 `{warm['sha256'][:8]}…`) with its state resized to N (training/widen.py's "
+               "`resize_state`: larger N computes the same function, the new dimensions unread at first; "
+               "smaller N keeps the first N dimensions and must re-learn its recall with them), then trains "
+               f"{settings['steps']:,} steps on the mixture of the D values below (one D per batch), and is "
+               "scored per D on fresh sequences. A warm start takes MQAR's plateau (thousands of steps before "
+               "recall begins, at random per seed) out of the comparison: every size starts from a model "
+               "that recalls.")
+        cmd = f"`python -m training.capacity --warm-from {warm['file']}` ({flags})"
+    else:
+        how = (f"V = {V} (keys 1..{V // 2 - 1}, values {V // 2}..{V - 1}; why not Zoology's 8192: "
+               "training/capacity.py's docstring); every model trained on the mixture of D values below, then "
+               "scored per D on fresh sequences.")
+        cmd = f"`python -m training.capacity` ({flags})"
     lines = ["# MQAR capacity: accuracy vs key-value pairs, by state size", "",
-             f"Generated by `python -m training.capacity` ({', '.join(f'{k}={v}' for k, v in settings.items())}); "
-             "the plot by `python -m viz.figures docs/capacity/figures.json`. "
-             f"V = {V} (keys 1..{V // 2 - 1}, values {V // 2}..{V - 1}; why not Zoology's 8192: "
-             "training/capacity.py's docstring); every model trained on the mixture of D values below, then "
-             "scored per D on fresh sequences.", "", "![capacity](capacity/capacity.png)", "",
+             f"Generated by {cmd}; the plot by `python -m viz.figures docs/{name}/figures.json`. " + how, "",
+             f"![capacity]({name}/capacity.png)", "",
              f"Chance is 1/{V // 2} (one of the values).", "",
              "| d_state N | state per layer | " + " | ".join(f"D={d}" for d in pairs) + " | training (min) |",
              "|---|---|" + "---|" * len(pairs) + "---|"]

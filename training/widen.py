@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -88,6 +89,37 @@ def widen(lm: MambaLM, d_model: int, seed: int = 0) -> MambaLM:
             op = dst[m + "out_proj.weight"]                                           # [d_model, E]
             op.zero_()
             op[:d0, :e0] = src[m + "out_proj.weight"]
+    new.load_state_dict(dst)
+    return new
+
+
+def resize_state(lm: MambaLM, d_state: int, seed: int = 0) -> MambaLM:
+    """A Mamba-1 like `lm` with N = d_state state dimensions per channel (training/capacity.py's warm
+    start). N >= lm's: the same function -- the new dimensions are written (B rows from mamba_ssm's
+    init) but never read (C rows 0), so C gets a gradient at once. N < lm's: the first N dimensions
+    are kept (the slowest-decaying at mamba_ssm's init, A_n = -n) and the rest dropped: a warm start
+    that must re-learn its recall with less state, not the same function."""
+    old = lm.config
+    if old.layer != "Mamba1":
+        raise WidenError(f"only Mamba-1 models can be resized (this one is {old.layer})")
+    if d_state < 1:
+        raise WidenError(f"d_state must be >= 1, got {d_state}")
+    torch.manual_seed(seed)
+    new = MambaLM(replace(old, ssm_cfg={**old.ssm_cfg, "d_state": d_state}))
+    src, dst = lm.state_dict(), new.state_dict()
+    n0, r, k = old.d_state, old.dt_rank, min(old.d_state, d_state)
+    with torch.no_grad():
+        for key, t in dst.items():
+            if key.endswith("mixer.A_log"):                                           # [E, N]
+                t[:, :k] = src[key][:, :k]
+            elif key.endswith("mixer.x_proj.weight"):                                 # [R + 2N, E]: dt, B, C
+                s = src[key]
+                t[:r] = s[:r]
+                t[r:r + k] = s[r:r + k]                                               # B
+                t[r + d_state:] = 0                                                   # C: new dims unread...
+                t[r + d_state:r + d_state + k] = s[r + n0:r + n0 + k]                 # ...old ones as they were
+            else:
+                t.copy_(src[key])
     new.load_state_dict(dst)
     return new
 
