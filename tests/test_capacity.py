@@ -16,7 +16,7 @@ def test_capacity_sweep_writes_results_table_and_figure_data(tmp_path, capsys):
     fig = json.loads((out / "figures.json").read_text())["capacity"]
     assert fig["chart"] == "capacity_chart" and fig["kwargs"]["pairs"] == [1, 3, 1, 3]
     md = (tmp_path / "docs" / "capacity.md").read_text()
-    assert "| d_state N | state per layer | D=1 | D=3 | training (min) |" in md and "Largest D recalled" in md and "V = 64" in md
+    assert "| d_state N | state per layer | D=1 | D=3 | pairs recalled (most) | training (min) |" in md and "Largest D recalled" in md and "V = 64" in md
     assert "Not learned: d_state 2, 4 recall under 90% even at D = 1" in md        # 2 steps learn nothing
     saved = json.loads((out / "results.json").read_text())["settings"]
     assert saved["vocab"] == 64 and saved["length"] == 10
@@ -71,6 +71,9 @@ def test_warm_sweep_starts_every_size_from_one_trained_model(tmp_path):
         assert trained.task["steps"] == 7 and trained.task["init_from"][0]["step"] == 5
     md = (tmp_path / "docs" / "capacity-warm.md").read_text()
     assert "Every model starts from" in md and "](capacity-warm/capacity.png)" in md
+    read = [r["added_dims_read"] for r in saved["rows"] if r["d_state"] == 5]
+    assert "added_dims_read" not in saved["rows"][0] and len(set(read)) == 1 and 0 < read[0] < 1
+    assert f"N=5: {read[0]:.2f}" in md                                  # 2 steps of lr 1e-3 from C = 0
     with pytest.raises(SystemExit, match="differs from --warm-from's 8"):
         capacity.main(["--warm-from", str(src), "--d-model", "16", "--out", str(out)])
     other = tmp_path / "induction.safetensors"
