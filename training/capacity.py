@@ -14,6 +14,10 @@ then scored on fresh sequences at every D. Writes docs/capacity/results.json, fi
 viz.figures) and docs/capacity.md after every model, merged with the rows of other sizes already
 there under the same settings (a sweep cut short keeps what it finished; two processes may
 split the sizes). --score-only re-scores the models already trained in --runs.
+--warm-from FILE (`make capacity-warm`): every N starts from one trained MQAR model instead, its state
+resized (training/widen.py's resize_state) and trained --steps more on the whole mixture at the file's
+vocabulary, width and length: from scratch, which sizes leave MQAR's plateau within the budget decides
+the curve (docs/capacity.md); from a warm start every size recalls, and the sizes compare.
 A Mamba-1 layer's state is d_inner x N numbers, and the recall reads it through C·B over the N
 state dimensions: if recall breaks where the pairs outgrow N, the break moves right as N doubles.
 
