@@ -59,10 +59,10 @@ capacity: $(VENV)/.installed
 	$(VENV)/bin/python -m viz.figures docs/capacity/figures.json
 
 # docs/capacity-warm.md and its plot: the same question at V = 8,192, L = 256, every state size started
-# from the shipped MQAR model (its state resized) so that no size is left on MQAR's plateau (~65 min)
+# from the d_model-64 MQAR model (its state resized) so that no size is left on MQAR's plateau (~65 min)
 CAPACITY_WARM_FLAGS ?= --d-states 16,4,8,32 --pairs 4,8,16,32,48,64 --steps 1200 --lr 1e-3 --samples 64
 capacity-warm: $(VENV)/.installed
-	$(VENV)/bin/python -m training.capacity --warm-from checkpoints/mqar-2layer.safetensors \
+	$(VENV)/bin/python -m training.capacity --warm-from checkpoints/mqar-2layer-d64.safetensors \
 		--runs runs/capacity-warm --out docs/capacity-warm $(CAPACITY_WARM_FLAGS)
 	$(VENV)/bin/python -m viz.figures docs/capacity-warm/figures.json
 

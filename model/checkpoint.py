@@ -156,11 +156,20 @@ def _config_from_metadata(path, meta: dict) -> MambaConfig:
 
 
 def _read_tensors(path: Path, keys=None) -> dict:
-    """All tensors of one safetensors file (or those in `keys`), checked to be one first."""
+    """All tensors of one safetensors file (or those in `keys`), checked to be one first, copied into
+    the process: safetensors' tensors are views of a memory map of the file, so a model built on them
+    would read whatever the file holds later (a checkpoint overwritten in place while the app runs:
+    other weights, or SIGBUS when the new file is shorter). One tensor mapped at a time keeps the peak
+    at the weights plus one tensor."""
     _refuse_non_safetensors(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in (f.keys() if keys is None else keys)}
+            names = list(f.keys() if keys is None else keys)
+        out = {}
+        for k in names:
+            with safe_open(str(path), framework="pt") as f:
+                out[k] = f.get_tensor(k).clone()
+        return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: could not read tensors ({e})") from e
 

@@ -176,6 +176,7 @@ def test_float16_weights_load(saved, tmp_path):
 def test_same_weights_give_the_same_file(tmp_path):
     """The sha256 is a checkpoint's identity (traces, model cards): saving twice must not change it."""
     import subprocess
+    from pathlib import Path
     import sys
     torch.manual_seed(3)
     lm = MambaLM(MambaConfig())
@@ -187,3 +188,28 @@ def test_same_weights_give_the_same_file(tmp_path):
     sha_b = subprocess.run([sys.executable, "-c", code, str(a), str(b)], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert sha_a == sha_b and a.read_bytes() == b.read_bytes()
+
+
+def test_a_loaded_model_does_not_alias_its_file(tmp_path):
+    """A checkpoint overwritten in place while loaded (a user copying a new file over it while the app
+    runs) must not change the model's weights or kill the process (SIGBUS when the file shrinks: the
+    weights were views of a memory map). Run in a child process so that a regression fails, not crashes,
+    the suite."""
+    import subprocess
+    from pathlib import Path
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    src, other = root / "checkpoints" / "mqar-2layer-d64.safetensors", root / "checkpoints" / "analytic-2layer.safetensors"
+    code = f"""
+import shutil, torch
+from model import load_checkpoint
+shutil.copy({str(src)!r}, {str(tmp_path / 'x.safetensors')!r})
+lm = load_checkpoint({str(tmp_path / 'x.safetensors')!r})
+before = {{k: v.clone() for k, v in lm.state_dict().items()}}
+shutil.copyfile({str(other)!r}, {str(tmp_path / 'x.safetensors')!r})      # shorter, same inode
+assert all(torch.equal(before[k], v) for k, v in lm.state_dict().items())
+assert torch.isfinite(lm(torch.randint(0, 8192, (1, 64)))).all()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -91,6 +91,7 @@ def test_cli_and_training_from_the_widened_file(tmp_path, capsys):
     train(cfg, progress=False)
     after = load_checkpoint(tmp_path / "run" / "model.safetensors").eval()
     assert after.config.norm_epsilon == wide.config.norm_epsilon == pytest.approx(5e-6)
+    assert after.task["widened_from"] == wide.task["widened_from"]                  # the lineage is kept
     tokens = torch.randint(0, 17, (2, 30))
     with torch.no_grad():
         a, b = lm.eval()(tokens), after(tokens)

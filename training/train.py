@@ -300,6 +300,8 @@ def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig) -> tuple[int, dict, np.r
              "streak": 0, "dilation_start": task.get("dilation_from_step"),
              "init_from": prior + [{"file": Path(cfg.init_from).name, "sha256": src.checkpoint_sha256,
                                     "step": step}]}
+    if task.get("widened_from"):                  # training/widen.py's lineage: the narrower file it came from
+        state["widened_from"] = task["widened_from"]
     return step, state, np.random.default_rng([cfg.seed, step])
 
 
@@ -398,7 +400,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             dilation_from_step=state["dilation_start"],
             wall_time_s=round(state["wall_s"], 1), hardware=f"{cfg.device}, {cfg.threads} threads",
             validation=val, options=cfg.options(),
-            **({"init_from": state["init_from"]} if state.get("init_from") else {}))
+            **({"init_from": state["init_from"]} if state.get("init_from") else {}),
+            **({"widened_from": state["widened_from"]} if state.get("widened_from") else {}))
         save_checkpoint(lm, model_path, task=task)
         save_train_state(state_path, lm, opt, step, gen, state)
 

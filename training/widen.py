@@ -1,6 +1,6 @@
 """Widen a trained Mamba-1 checkpoint (d_model -> a larger d_model) without changing what it computes.
 
-    python -m training.widen checkpoints/mqar-2layer.safetensors runs/mqar-wide.safetensors --d-model 128
+    python -m training.widen checkpoints/mqar-2layer-d64.safetensors runs/mqar-wide.safetensors --d-model 128
     python -m training.train --task mqar --d-model 128 --init-from runs/mqar-wide.safetensors ...
 
 Why: MQAR's misses at (L, D) = (256, 16) are binding capacity, not decay (checkpoints/README.md), and
