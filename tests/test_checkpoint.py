@@ -176,7 +176,6 @@ def test_float16_weights_load(saved, tmp_path):
 def test_same_weights_give_the_same_file(tmp_path):
     """The sha256 is a checkpoint's identity (traces, model cards): saving twice must not change it."""
     import subprocess
-    from pathlib import Path
     import sys
     torch.manual_seed(3)
     lm = MambaLM(MambaConfig())
