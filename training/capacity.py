@@ -97,8 +97,8 @@ def main(argv=None):
         settings["warm_from"] = {"file": a.warm_from, "sha256": warm.checkpoint_sha256,
                                  "d_state": warm.config.d_state, "steps": int(warm.task.get("steps", 0))}
     rows = []
+    start = settings["warm_from"]["steps"] if warm else 0        # the step count continues from the file's
     for N in states:
-        start = int(warm.task.get("steps", 0)) if warm else 0
         cfg = TrainConfig(task="mqar", task_options=json.dumps({"n_pairs": pairs, "vocab": a.vocab}), seed=a.seed,
                           options_schedule="" if warm else json.dumps(growing_mixture(pairs, a.steps)),
                           steps=start + a.steps,
@@ -110,23 +110,24 @@ def main(argv=None):
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             cfg.init_from = str(Path(cfg.out) / "start.safetensors")
             save_checkpoint(resize_state(warm, N, seed=a.seed), cfg.init_from, task=warm.task)
-        if a.score_only:
-            if not model.exists():
-                raise SystemExit(f"--score-only: no trained model at {model}")
-            before = float(warm.task.get("wall_time_s") or 0) if warm else 0.0       # the source's own training
-            minutes = (float((load_checkpoint(model).task or {}).get("wall_time_s") or 0) - before) / 60
-        else:
+        if a.score_only and not model.exists():
+            raise SystemExit(f"--score-only: no trained model at {model}")
+        if not a.score_only:
             train(replace(cfg), progress=False)
-            minutes = (time.time() - t0) / 60
         lm = load_checkpoint(model).eval()
+        if a.score_only:
+            before = float(warm.task.get("wall_time_s") or 0) if warm else 0.0       # the source's own training
+            minutes = (float((lm.task or {}).get("wall_time_s") or 0) - before) / 60
+        else:
+            minutes = (time.time() - t0) / 60
         state = lm.config.d_inner * N
+        added = ({"added_dims_read": added_dims_read(lm, warm.config.d_state)}
+                 if warm and N > warm.config.d_state else {})
         for D in pairs:
             right, total = count_correct(lm, a.length, a.samples, VAL_SEED + D, task=cfg.the_task,
                                          options={"n_pairs": D, "vocab": a.vocab})
             rows.append({"d_state": N, "state_per_layer": state, "pairs": D, "accuracy": right / total,
-                         "queries": total, "train_minutes": round(minutes, 1),
-                         **({"added_dims_read": added_dims_read(lm, warm.config.d_state)}
-                            if warm and N > warm.config.d_state else {})})
+                         "queries": total, "train_minutes": round(minutes, 1), **added})
             print(f"N={N:3d} (state {state} per layer)  D={D:3d}: {right / total:.3f} of {total} queries")
         write(out, settings, rows)
 

@@ -280,10 +280,9 @@ def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: np.ran
     return step, {k: json.loads(v) for k, v in meta.items()}
 
 
-def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig) -> tuple[int, dict, np.random.Generator]:
-    """Load --init-from's weights into `lm` (same architecture and task, else a ValueError naming the
-    difference) -> (its step, the run state to continue, the data generator for the new run)."""
-    src = load_checkpoint(cfg.init_from, device=cfg.device)
+def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig, src: MambaLM) -> tuple[int, dict, np.random.Generator]:
+    """Load --init-from's weights (`src`, the loaded file) into `lm` (same architecture and task, else a
+    ValueError naming the difference) -> (its step, the run state to continue, the data generator)."""
     task = src.task or {}
     if task.get("name") != cfg.the_task.name:
         raise ValueError(f"--init-from {cfg.init_from}: trained on task {task.get('name')!r}, "
@@ -357,15 +356,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     state_path, model_path = out / "optim.safetensors", out / "model.safetensors"
     # RMSNorm's eps is not a flag: a widened file (training/widen.py) carries its own, and a run that
     # starts from a file keeps that file's, so that what it computes does not move at step 0
-    start = model_path if cfg.resume and state_path.exists() else (cfg.init_from or None)
-    eps = load_checkpoint(start).config.norm_epsilon if start else NORM_EPSILON_DEFAULT
+    resuming = cfg.resume and state_path.exists()
+    start = load_checkpoint(model_path if resuming else cfg.init_from, device=cfg.device) \
+        if resuming or cfg.init_from else None
+    eps = start.config.norm_epsilon if start else NORM_EPSILON_DEFAULT
     torch.manual_seed(cfg.seed)                       # the initialisation
     lm = MambaLM(replace(cfg.model_config(), norm_epsilon=eps), device=cfg.device)
     opt = torch.optim.Adam(lm.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = np.random.default_rng(cfg.seed)             # the data stream (and the dilation draws)
     step, state = 0, {"lengths_seen": [], "wall_s": 0.0, "streak": 0, "dilation_start": None}
-    if cfg.resume and state_path.exists():
-        lm.load_state_dict(load_checkpoint(model_path, device=cfg.device).state_dict())
+    if resuming:
+        lm.load_state_dict(start.state_dict())
         step, state = load_train_state(state_path, lm, opt, gen)
         state.setdefault("dilation_start", None)
         prev = json.loads((out / "settings.json").read_text())
@@ -376,7 +377,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     elif cfg.resume:
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     elif cfg.init_from:
-        step, state, gen = init_from_checkpoint(lm, cfg)
+        step, state, gen = init_from_checkpoint(lm, cfg, start)
     if cfg.dilation_max > 1 and cfg.dilation_from >= 0:
         state["dilation_start"] = cfg.dilation_from
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")

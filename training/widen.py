@@ -19,8 +19,9 @@ How (Net2Net-style padding; d_inner, dt_rank and the conv follow d_model, d_stat
   (r = new / old d_model), so the old norm weights are scaled by 1/sqrt(r) and eps is divided by r:
   sqrt(m/r + eps/r) = sqrt(m + eps)/sqrt(r) exactly (eps matters: rarely seen tokens' embeddings
   have m ~ 4e-4; keeping eps moved logits by 8e-4 of their range).
-Every zero above gets a gradient on the first step (its input or its upstream gradient is nonzero),
-so the new width trains. Mamba-2 files are refused (heads would need the same surgery per head).
+No zero block stays zero: the new channels' outputs get a gradient on the first step, the residual's
+new dimensions on the second (through those outputs), the old channels' reading of them on the third
+(tests/test_widen.py), so the new width trains. Mamba-2 files are refused (heads would need the same surgery per head).
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ import argparse
 import math
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from model import MambaConfig, MambaLM, load_checkpoint, save_checkpoint
+from model import MambaLM, load_checkpoint, save_checkpoint
 
 
 class WidenError(ValueError):
@@ -48,10 +50,7 @@ def widen(lm: MambaLM, d_model: int, seed: int = 0) -> MambaLM:
     if not old.tie_embeddings:
         raise WidenError("only models with tied embeddings can be widened")
     torch.manual_seed(seed)
-    cfg = MambaConfig(d_model=d_model, n_layer=old.n_layer, vocab_size=old.vocab_size, ssm_cfg=dict(old.ssm_cfg),
-                      rms_norm=old.rms_norm, norm_epsilon=old.norm_epsilon * old.d_model / d_model,
-                      residual_in_fp32=old.residual_in_fp32, pad_vocab_size_multiple=old.pad_vocab_size_multiple,
-                      tie_embeddings=True)
+    cfg = replace(old, d_model=d_model, ssm_cfg=dict(old.ssm_cfg), norm_epsilon=old.norm_epsilon * old.d_model / d_model)
     if cfg.dt_rank < old.dt_rank:
         raise WidenError(f"the new dt_rank {cfg.dt_rank} is below the model's {old.dt_rank}")
     new = MambaLM(cfg)
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     task = dict(lm.task or {})
-    task["widened_from"] = {"file": a.src.split("/")[-1], "sha256": lm.checkpoint_sha256,
+    task["widened_from"] = {"file": Path(a.src).name, "sha256": lm.checkpoint_sha256,
                             "d_model": lm.config.d_model, "seed": a.seed}
     save_checkpoint(wide, a.out, task=task)
     print(f"{a.src} (d_model {lm.config.d_model}) -> {a.out} (d_model {a.d_model}, "
