@@ -1,6 +1,9 @@
 """Checkpoint round trip, and one clear error per class of bad checkpoint."""
 import json
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,8 +178,6 @@ def test_float16_weights_load(saved, tmp_path):
 
 def test_same_weights_give_the_same_file(tmp_path):
     """The sha256 is a checkpoint's identity (traces, model cards): saving twice must not change it."""
-    import subprocess
-    import sys
     torch.manual_seed(3)
     lm = MambaLM(MambaConfig())
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
@@ -194,9 +195,6 @@ def test_a_loaded_model_does_not_alias_its_file(tmp_path):
     runs) must not change the model's weights or kill the process (SIGBUS when the file shrinks: the
     weights were views of a memory map). Run in a child process so that a regression fails, not crashes,
     the suite."""
-    import subprocess
-    from pathlib import Path
-    import sys
     root = Path(__file__).resolve().parent.parent
     src, other = root / "checkpoints" / "mqar-2layer-d64.safetensors", root / "checkpoints" / "analytic-2layer.safetensors"
     code = f"""

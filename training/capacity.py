@@ -106,13 +106,14 @@ def main(argv=None):
                           stop_after=10 ** 9, out=str(Path(a.runs) / f"N{N}"), threads=a.threads,
                           ssm_cfg=json.dumps({"d_state": N}), d_model=a.d_model, n_layer=2)
         t0, model = time.time(), Path(cfg.out) / "model.safetensors"
-        if warm and not a.score_only:
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)
-            cfg.init_from = str(Path(cfg.out) / "start.safetensors")
-            save_checkpoint(resize_state(warm, N, seed=a.seed), cfg.init_from, task=warm.task)
-        if a.score_only and not model.exists():
-            raise SystemExit(f"--score-only: no trained model at {model}")
-        if not a.score_only:
+        if a.score_only:
+            if not model.exists():
+                raise SystemExit(f"--score-only: no trained model at {model}")
+        else:
+            if warm:
+                Path(cfg.out).mkdir(parents=True, exist_ok=True)
+                cfg.init_from = str(Path(cfg.out) / "start.safetensors")
+                save_checkpoint(resize_state(warm, N, seed=a.seed), cfg.init_from, task=warm.task)
             train(replace(cfg), progress=False)
         lm = load_checkpoint(model).eval()
         if a.score_only:
