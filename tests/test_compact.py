@@ -58,6 +58,14 @@ def test_compact_refuses_what_it_cannot_do_faithfully(tmp_path, capsys):
     write_safetensors({**tensors, EMBEDDING_KEY: tensors[EMBEDDING_KEY] * 1e6}, big, read_metadata(src))
     with pytest.raises(CompactError, match="overflows fp16"):
         compact(big, tmp_path / "out.safetensors")
+    with pytest.raises(CompactError, match="does not exist"):
+        compact(src, tmp_path / "no" / "c.safetensors")
+    with pytest.raises(CompactError, match="model directory"):
+        compact(tmp_path, tmp_path / "d.safetensors")
+    pickle = tmp_path / "p.safetensors"
+    pickle.write_bytes(b"\x80\x02}q\x00." + bytes(64))                  # a torch.save / pickle header
+    assert compact_main([str(pickle), str(tmp_path / "o.safetensors")]) == 2
+    assert "error:" in capsys.readouterr().err
     foreign = tmp_path / "foreign.safetensors"
     write_safetensors({"w": torch.zeros(3)}, foreign)
     assert compact_main([str(foreign), str(tmp_path / "o.safetensors")]) == 2

@@ -75,7 +75,11 @@ def compact(src, dst, tol: float = 1e-3) -> dict:
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise CompactError("write to a new file: the input is what the result is checked against")
-    meta = read_metadata(src)
+    if not dst.parent.is_dir():
+        raise CompactError(f"cannot write {dst}: the folder {dst.parent} does not exist")
+    if src.is_dir():
+        raise CompactError(f"{src} is a model directory; compact works on one of our .safetensors files")
+    meta = read_metadata(src)                                      # refuses pickles and non-safetensors
     with safe_open(str(src), framework="pt") as f:
         tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     meta = {**meta, "embedding_dtype": "fp16",
