@@ -63,3 +63,57 @@ def test_every_shipped_checkpoint_opens_in_the_explore_tab(name, monkeypatch):
     assert common.MODEL.lm is not None, common.MODEL.error
     plot, summary = explore.show_plot(explore.first_text(), "index", 64, None, None, explore.default_layers(), "max")
     assert plot.plot.startswith("{") and "L = " in summary
+
+
+def test_per_query_breakdown_scores_the_same_sequences_as_count_correct():
+    from training.eval import query_breakdown
+    lm = load_checkpoint(ROOT / "selective-copy-2layer.safetensors").eval()
+    task = task_for(lm.task)
+    b = query_breakdown(lm, 512, 24, 7 + 512, task, {"k": 16}, tokens_per_batch=512 * 10)   # 3 batches
+    right, total = count_correct(lm, 512, 24, 7 + 512, tokens_per_batch=512 * 10, task=task, options={"k": 16})
+    assert b.correct.shape == (16,) and int(b.correct.sum()) == right and total == 16 * 24
+    assert int(b.misses_by_distance.sum()) == total - right
+
+
+def test_per_query_breakdown_places_a_model_that_reads_the_next_memory():
+    """A fake model that answers the j-th marker with the (j+1)-th data token (the last one right):
+    query j is right exactly where data j and j+1 agree, and every miss is another query's answer 1 away."""
+    import numpy as np
+    import torch
+
+    from tasks import SELECTIVE_COPYING
+    from tasks.selective_copy import MARKER, NOISE, VOCAB
+    from training.eval import breakdown_table, query_breakdown
+
+    class ReadsAhead(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, tokens, positions):                               # [B, L], [B, K] -> [B, K, V]
+            data = [row[(row != NOISE) & (row != MARKER)] for row in tokens]
+            shifted = torch.stack([torch.cat([d[1:], d[-1:]]) for d in data])   # [B, K]
+            return torch.nn.functional.one_hot(shifted, VOCAB).float()
+
+    task = SELECTIVE_COPYING
+    b = query_breakdown(ReadsAhead(), 64, 40, 3, task, {"k": 8})
+    draw = task.batch(40, 64, rng=np.random.default_rng(3), k=8)
+    expected = np.append((draw.answers[:, :-1] == draw.answers[:, 1:]).sum(0), 40)
+    assert (b.correct == expected).all() and b.correct[-1] == 40 and b.correct[:-1].min() < 40
+    assert b.misses_by_distance[1] == 40 * 8 - expected.sum() and b.misses_by_distance.sum() == b.misses_by_distance[1]
+    table = breakdown_table(b)
+    assert "| 8 | 40 | 100.0% |" in table and f"| 1 | {b.misses_by_distance[1]} |" in table and "| none | 0 |" in table
+
+
+def test_eval_cli_per_query_reports_the_table_and_its_breakdown(capsys):
+    import json
+
+    from training.eval import main as eval_main
+    eval_main(["--checkpoint", str(ROOT / "selective-copy-2layer.safetensors"), "--lengths", "64,128",
+               "--samples", "6", "--per-query", "--json", "--no-progress"])
+    doc = json.loads(capsys.readouterr().out)
+    for r, b in zip(doc["results"], doc["per_query"]):
+        assert b["length"] == r["length"] and len(b["correct"]) == 16 and r["queries"] == 96
+        assert sum(b["correct"]) == r["correct"] and sum(b["misses_by_distance"]) == 96 - r["correct"]
+    eval_main(["--checkpoint", str(ROOT / "selective-copy-2layer.safetensors"), "--lengths", "64",
+               "--samples", "6", "--per-query", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "Per query at L = 64 (6 sequences)" in out and "| 16 |" in out and "| none |" in out

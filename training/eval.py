@@ -7,6 +7,8 @@
     python -m training.eval --checkpoint ... --memory-channels  # which units hold the memory, and their Δ
     python -m training.eval --checkpoint mqar.safetensors --lengths 64,128,256,512 \
         --options '{"n_pairs": [4, 8, 16, 64]}'                 # MQAR at Zoology's (L, D) settings
+    python -m training.eval --checkpoint ... --per-query        # accuracy per query index (marker j), and
+                                                                # whose answer each miss gave
 
 The task is the checkpoint's own (its `task` metadata; tasks/). Accuracy = the share of query
 steps whose argmax is the answer (induction heads: one query, the last position), on fresh
@@ -63,6 +65,21 @@ def batch_size_for(length: int, samples: int, tokens_per_batch: int = DEFAULT_TO
     return max(1, min(samples, tokens_per_batch // min(length, STREAM_CHUNK)))
 
 
+def _predictions(lm: MambaLM, length: int, samples: int, seed: int, tokens_per_batch: int,
+                 bar: Optional[tqdm], task, options: Optional[dict]):
+    """Yields (answers [b, K], argmax at the queries [b, K]) over `samples` fresh sequences of the task
+    (numpy's generator seeded with `seed`; `options` go to task.batch), batch by batch."""
+    batch = batch_size_for(length, samples, tokens_per_batch)
+    rng = np.random.default_rng(seed)
+    for s in range(0, samples, batch):
+        b = task_batch(task, min(batch, samples - s), length, rng, options)
+        tokens = torch.from_numpy(b.tokens).to(lm.device)                   # [b, L]
+        logits = query_logits(lm, tokens, torch.from_numpy(b.queries).to(lm.device))   # [b, K, V]
+        yield b.answers, logits.argmax(-1).cpu().numpy()
+        if bar is not None:
+            bar.update(tokens.numel())
+
+
 @torch.no_grad()
 def count_correct(lm: MambaLM, length: int, samples: int, seed: int,
                   tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH, bar: Optional[tqdm] = None,
@@ -70,18 +87,64 @@ def count_correct(lm: MambaLM, length: int, samples: int, seed: int,
     """(queries answered right, queries) over `samples` fresh sequences of the task (numpy's
     generator seeded with `seed`; `options` go to task.batch). Right = the argmax at a query step
     is its answer (tasks.score's definition; induction heads: the memory token at the last step)."""
-    batch = batch_size_for(length, samples, tokens_per_batch)
-    rng = np.random.default_rng(seed)
     correct = total = 0
-    for s in range(0, samples, batch):
-        b = task_batch(task, min(batch, samples - s), length, rng, options)
-        tokens = torch.from_numpy(b.tokens).to(lm.device)                   # [b, L]
-        logits = query_logits(lm, tokens, torch.from_numpy(b.queries).to(lm.device))   # [b, K, V]
-        correct += int((logits.argmax(-1).cpu() == torch.from_numpy(b.answers)).sum())
-        total += b.answers.size
-        if bar is not None:
-            bar.update(tokens.numel())
+    for answers, pred in _predictions(lm, length, samples, seed, tokens_per_batch, bar, task, options):
+        correct += int((pred == answers).sum())
+        total += answers.size
     return correct, total
+
+
+@dataclass
+class QueryBreakdown:
+    """Where in a sequence the misses fall. Query j is the j-th query step in time order (selective
+    copying: the j-th marker, whose answer is the j-th data token in context order; MQAR: the j-th
+    query, any pair). A miss whose prediction is another query's answer in the same sequence read
+    the wrong memory; `misses_by_distance[d]` counts those whose nearest such query is d away (|j' - j|),
+    and [0] the misses that predicted no answer of the sequence."""
+    length: int
+    samples: int
+    correct: np.ndarray                 # [K] right answers at query j
+    misses_by_distance: np.ndarray      # [K] misses by |j' - j| to the nearest query with that answer
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.correct / self.samples
+
+
+@torch.no_grad()
+def query_breakdown(lm: MambaLM, length: int, samples: int, seed: int, task=INDUCTION,
+                    options: Optional[dict] = None,
+                    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> QueryBreakdown:
+    """Accuracy per query index and the misses' distance to the answer they gave (same sequences as
+    count_correct with the same seed)."""
+    was = lm.training
+    lm.eval()
+    correct = by_distance = None
+    for answers, pred in _predictions(lm, length, samples, seed, tokens_per_batch, None, task, options):
+        if correct is None:
+            correct = np.zeros(answers.shape[1], dtype=np.int64)
+            by_distance = np.zeros(answers.shape[1], dtype=np.int64)
+        ok = pred == answers                                                  # [b, K]
+        correct += ok.sum(0)
+        for i, j in zip(*np.nonzero(~ok)):
+            same = np.flatnonzero(answers[i] == pred[i, j])
+            by_distance[int(np.abs(same - j).min()) if same.size else 0] += 1
+    lm.train(was)
+    return QueryBreakdown(length, samples, correct, by_distance)
+
+
+def breakdown_table(b: QueryBreakdown) -> str:
+    """Accuracy per query index, then where the misses' answers came from."""
+    K = b.correct.size
+    rows = [f"Per query at L = {b.length} ({b.samples} sequences):", "",
+            "| query | correct | accuracy |", "|---:|---:|---:|"]
+    rows += [f"| {j + 1} | {int(b.correct[j])} | {100 * b.accuracy[j]:.1f}% |" for j in range(K)]
+    misses = int(b.misses_by_distance.sum())
+    rows += ["", f"Misses: {misses}; the answer of the query d away (nearest such), or of none:", "",
+             "| d | misses |", "|---:|---:|"]
+    rows += [f"| {d} | {int(n)} |" for d, n in enumerate(b.misses_by_distance) if d and n]
+    rows.append(f"| none | {int(b.misses_by_distance[0])} |")
+    return "\n".join(rows)
 
 
 def evaluate(lm: MambaLM, lengths: Sequence[int], samples: int, long_samples: Optional[int] = None,
@@ -169,6 +232,9 @@ def main(argv=None):
     p.add_argument("--memory-channels", action="store_true",
                    help="also list the channels that hold the memory token and their filler Δ")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--per-query", action="store_true",
+                   help="also, per length: accuracy at each query index (selective copying: each marker) "
+                        "and how far each miss's answer sits (the same sequences)")
     args = p.parse_args(argv)
     try:
         lengths = [int(v) for v in args.lengths.split(",") if v]
@@ -189,9 +255,17 @@ def main(argv=None):
     if task is None:
         p.error(f"{args.checkpoint} has no known task in its metadata (task={lm.task!r}); "
                 f"known: {', '.join(TASKS)}")
-    results = []
+    results, breakdowns = [], []
     for i, L in enumerate(lengths):
         opts = {k: (v[i] if isinstance(v, list) else v) for k, v in options.items()}
+        if args.per_query:      # the same sequences, scored per query (one pass, no progress bar)
+            n = args.samples if args.long_samples is None or L < args.long_from else args.long_samples
+            if L < 3 or n < 1:
+                p.error(f"length {L} must be >= 3 and samples {n} >= 1")
+            b = query_breakdown(lm, L, n, args.seed + L, task, opts, args.tokens_per_batch)
+            breakdowns.append(b)
+            results.append(LengthResult(L, n, int(b.correct.sum()), b.correct.size * n))
+            continue
         results += evaluate(lm, [L], args.samples, args.long_samples, args.long_from, args.seed,
                             args.tokens_per_batch, progress=not args.no_progress, task=task, options=opts)
     if args.memory_channels and task is not INDUCTION:
@@ -204,9 +278,14 @@ def main(argv=None):
                             "correct": r.correct, "accuracy": r.accuracy} for r in results]}
         if chans is not None:
             doc["memory_channels"] = chans
+        if breakdowns:
+            doc["per_query"] = [{"length": b.length, "samples": b.samples, "correct": b.correct.tolist(),
+                                 "misses_by_distance": b.misses_by_distance.tolist()} for b in breakdowns]
         print(json.dumps(doc, indent=2))
         return
     print(markdown_table(results))
+    for b in breakdowns:
+        print("\n" + breakdown_table(b))
     if chans is not None:
         print("\n| layer | unit | Δ write (max) | Δ filler (mean) | ratio | min abs(A) | Δ_filler·min abs(A) |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
