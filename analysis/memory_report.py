@@ -1,6 +1,8 @@
 """The memory lab's report on a many-memory checkpoint (selective copying, MQAR): how well it recalls,
 which layer and units hold each memory, how much of a write is left when it is recalled, Δ at the
-writes vs the filler, and the one-write clamp, all measured.
+writes vs the filler, the one-write clamp, and which memory each query reads (accuracy per query; for
+selective copying also with the data at the same distances from the markers after more or less
+noise), all measured.
 
     python -m analysis.memory_report checkpoints/selective-copy-2layer.safetensors
     python -m viz.figures docs/memory/selective_copying/figures.json       (make memory runs both)
@@ -20,12 +22,16 @@ import torch
 from model import load_checkpoint, run
 from tasks import task_for
 from tasks.measures import delta_ratio, windows
-from training.eval import count_correct
+from model.run import STREAM_CHUNK
+from training.eval import count_correct, query_breakdown
 
 from .memory_lab import clamp_matrix, memory_map, shared_layout_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = 8                  # holders compared between memories: each memory's top-8 units
+ORDER_SEQS = 128         # sequences per row of the copy-order tables (16 markers each)
+LEADS = (0, 1, 2, 3, 5, 7)   # selective copying: noise before the data, in multiples of the data window
+ORDER_BATCH = 16         # sequences per batch in every row: the same draws whatever the length
 
 
 def _options(lm) -> dict:
@@ -52,7 +58,29 @@ def write_ratios(lm, task, tokens: np.ndarray, layer: int) -> np.ndarray:
     return np.array(out)
 
 
-def study(lm, length: int, n_seqs: int = 32, seed: int = 0, options: dict | None = None) -> dict:
+def _breakdown(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
+    b = query_breakdown(lm, length, n, seed, task, options, ORDER_BATCH * min(length, STREAM_CHUNK))
+    return {"length": length, "samples": n, "correct": b.correct.tolist(), "earlier": int(b.earlier.sum()),
+            "later": int(b.later.sum()), "both": int(b.both.sum()), "unstored": b.unstored}
+
+
+def copy_order(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
+    """Which memory each query reads: accuracy per query index at `length` and whose answer each miss
+    gave (training.eval.query_breakdown). Selective copying also gets the lead sweep: the data fill
+    the last W = length/4 steps of the context, the same tokens at the same distances from the markers
+    in every row, after m·W steps of noise, m in LEADS. A model whose order code counted data tokens
+    only would score every row alike; one that also keeps time scores best near its training length."""
+    out = {"per_query": _breakdown(lm, task, length, n, seed, options)}
+    if task.name == "selective_copying":
+        W = length // 4
+        out["window"] = W
+        out["lead"] = [{"lead": m * W, **_breakdown(lm, task, W + m * W, n, seed, {**options, "lead": m * W})}
+                       for m in LEADS]
+    return out
+
+
+def study(lm, length: int, n_seqs: int = 32, seed: int = 0, options: dict | None = None,
+          order_seqs: int = ORDER_SEQS) -> dict:
     task = task_for(lm.task)
     options = _options(lm) if options is None else options
     right, total = count_correct(lm, length, n_seqs, seed + 1, task=task, options=options)
@@ -74,7 +102,8 @@ def study(lm, length: int, n_seqs: int = 32, seed: int = 0, options: dict | None
             "accuracy": right / total, "queries": total, "writes": m.writes.tolist(), "recall": m.recall.tolist(),
             "example": example.tolist(), "unit": m.unit, "memory_layer": mem, "layers": layers,
             "retained": m.retained[mem].tolist(), "times": m.times.tolist(), "holders": m.holders[mem].tolist(),
-            "top_holders": [m.top_holders(mem, k, 3) for k in range(len(m.writes))]}
+            "top_holders": [m.top_holders(mem, k, 3) for k in range(len(m.writes))],
+            "order": copy_order(lm, task, length, order_seqs, seed + 4, options)}
 
 
 def verdict(s: dict, d_conv: int) -> str:
@@ -99,6 +128,49 @@ def verdict(s: dict, d_conv: int) -> str:
             + ("each memory has units of its own." if L["overlap"] < 0.3 else "memories share units (superposed)."))
 
 
+def _acc_row(c: dict) -> str:
+    return " | ".join(f"{x / c['samples']:.0%}" for x in c["correct"])
+
+
+def _misses(c: dict) -> str:
+    return (f"{c['earlier']} gave an earlier query's answer, {c['later']} a later one's, {c['both']} one on each "
+            f"side at the same distance, {c['unstored']} no answer of the sequence")
+
+
+def render_order(o: dict, task: str) -> list[str]:
+    c = o["per_query"]
+    K = len(c["correct"])
+    who = "marker" if task == "selective_copying" else "query"
+    lines = ["## Which memory each query reads", "",
+             f"Accuracy at the j-th {who} (time order), {c['samples']} sequences at L = {c['length']}; misses: "
+             f"{_misses(c)} (`python -m training.eval --per-query`):", "",
+             f"| {who} | " + " | ".join(str(j + 1) for j in range(K)) + " |",
+             "|---|" + "---:|" * K, "| accuracy | " + _acc_row(c) + " |", ""]
+    if "lead" not in o:
+        return lines
+    W, rows = o["window"], o["lead"]
+    lines += ["## Time before the data", "",
+              f"The {len(rows[0]['correct'])} data tokens fill the last W = {W} steps of the context: in every row the same tokens at the "
+              f"same distances from the markers ({rows[0]['samples']} sequences); only the noise before them, the "
+              "lead, changes. A miss that gives an earlier data token lags; one that gives a later token reads "
+              "ahead.", "",
+              "| lead | n_ctx | accuracy | misses | earlier token | later token | worst marker |",
+              "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = np.array(r["correct"]) / r["samples"]
+        worst = int(acc.argmin())
+        lines.append(f"| {r['lead']} | {r['length']} | {acc.mean():.1%} | {len(acc) * r['samples'] - sum(r['correct'])} | "
+                     f"{r['earlier']} | {r['later']} | #{worst + 1} ({acc[worst]:.0%}) |")
+    ahead = [r["lead"] for r in rows if r["later"] > r["earlier"]]
+    lag = [r["lead"] for r in rows if r["earlier"] > r["later"]]
+    best = max(rows, key=lambda r: sum(r["correct"]))
+    lines += ["", f"Most right at a lead of {best['lead']} (n_ctx {best['length']}). Misses read ahead more than they lag "
+              f"at leads {ahead or 'none'}; they lag more at leads {lag or 'none'}. Noise carries no data, so where "
+              "the rows differ the marker-to-memory order depends on how long the model has run, not only on the "
+              "data it has seen.", ""]
+    return lines
+
+
 def render(s: dict, label: str, d_conv: int) -> str:
     lines = [f"# Memory lab: {s['task']} ({label})", "",
              f"Generated by `python -m analysis.memory_report` at L = {s['length']} (options {json.dumps(s['options'])}), "
@@ -121,6 +193,8 @@ def render(s: dict, label: str, d_conv: int) -> str:
               "pairs are 2 steps apart): that shows as a second diagonal in the clamp chart.",
               "", f"![retention]({s['task']}/retention.png)", "", f"![holders]({s['task']}/holders.png)", "",
               f"![clamp]({s['task']}/clamp.png)", ""]
+    if "order" in s:
+        lines += render_order(s["order"], s["task"])
     return "\n".join(lines)
 
 
@@ -129,6 +203,8 @@ def main(argv=None):
     ap.add_argument("checkpoint", help="a selective-copying or MQAR checkpoint (ours, with task metadata)")
     ap.add_argument("--length", type=int, default=0, help="L (selective copying: n_ctx); default: the training length")
     ap.add_argument("--seqs", type=int, default=32, help="sequences per measurement")
+    ap.add_argument("--order-seqs", type=int, default=ORDER_SEQS,
+                    help="sequences per row of the copy-order tables (which memory each query reads)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--options", default="", help='task options as JSON (default: the checkpoint\'s), e.g. \'{"n_pairs": 16}\'')
     ap.add_argument("--out", default=str(ROOT / "docs" / "memory"))
@@ -143,7 +219,9 @@ def main(argv=None):
         raise SystemExit(f"--options must be JSON, got {a.options!r} ({e})") from None
     if options is not None and not isinstance(options, dict):
         raise SystemExit(f"--options must be a JSON object, got {a.options!r}")
-    s = study(lm, a.length or int(lm.task.get("train_len", 256)), a.seqs, a.seed, options)
+    if a.seqs < 1 or a.order_seqs < 1:
+        raise SystemExit(f"--seqs and --order-seqs must be >= 1, got {a.seqs} and {a.order_seqs}")
+    s = study(lm, a.length or int(lm.task.get("train_len", 256)), a.seqs, a.seed, options, a.order_seqs)
     out = Path(a.out)
     (out / s["task"]).mkdir(parents=True, exist_ok=True)
     task = task_for(lm.task)

@@ -37,13 +37,19 @@ class CopyBatch:
 
 
 def copy_batch(batch: int, n_ctx: int, *, k: int = K_DEFAULT, seed: int = 0,
-               rng: Optional[np.random.Generator] = None) -> CopyBatch:
-    """Draw `batch` sequences: K data tokens at K distinct uniform positions of n_ctx, then K markers."""
-    if k < 1 or n_ctx < k:
-        raise ValueError(f"{k} data tokens do not fit in a context of {n_ctx}")
+               rng: Optional[np.random.Generator] = None, lead: int = 0) -> CopyBatch:
+    """Draw `batch` sequences: K data tokens at K distinct uniform positions of n_ctx, then K markers.
+    `lead` > 0 keeps the first `lead` positions noise (data in [lead, n_ctx)): the same seed and
+    n_ctx - lead give the same data at the same distances from the markers after any lead, so a
+    model's dependence on time before the data can be measured alone."""
+    if isinstance(lead, bool) or not isinstance(lead, (int, np.integer)) or lead < 0:
+        raise ValueError(f"lead must be a whole number >= 0, got {lead!r}")
+    if k < 1 or n_ctx - lead < k:
+        raise ValueError(f"{k} data tokens do not fit in a context of {n_ctx}"
+                         + (f" after a lead of {lead}" if lead else ""))
     g = rng if rng is not None else np.random.default_rng(seed)
     # K distinct positions per row: the first K of a random permutation key, sorted
-    pos = np.sort(np.argpartition(g.random((batch, n_ctx)), k - 1, axis=1)[:, :k], axis=1)
+    pos = lead + np.sort(np.argpartition(g.random((batch, n_ctx - lead)), k - 1, axis=1)[:, :k], axis=1)
     data = g.integers(0, DATA_VOCAB, (batch, k))
     tokens = np.full((batch, n_ctx + k), NOISE, dtype=np.int64)
     tokens[np.arange(batch)[:, None], pos] = data

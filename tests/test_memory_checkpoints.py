@@ -72,12 +72,13 @@ def test_per_query_breakdown_scores_the_same_sequences_as_count_correct():
     b = query_breakdown(lm, 512, 24, 7 + 512, task, {"k": 16}, tokens_per_batch=512 * 10)   # 3 batches
     right, total = count_correct(lm, 512, 24, 7 + 512, tokens_per_batch=512 * 10, task=task, options={"k": 16})
     assert b.correct.shape == (16,) and int(b.correct.sum()) == right and total == 16 * 24
-    assert int(b.misses_by_distance.sum()) == total - right
+    assert b.misses == total - right
 
 
 def test_per_query_breakdown_places_a_model_that_reads_the_next_memory():
     """A fake model that answers the j-th marker with the (j+1)-th data token (the last one right):
-    query j is right exactly where data j and j+1 agree, and every miss is another query's answer 1 away."""
+    query j is right exactly where data j and j+1 agree, and every miss gave the answer of the query 1
+    later (or of both neighbours, where data j - 1 = data j + 1)."""
     import numpy as np
     import torch
 
@@ -98,9 +99,12 @@ def test_per_query_breakdown_places_a_model_that_reads_the_next_memory():
     draw = task.batch(40, 64, rng=np.random.default_rng(3), k=8)
     expected = np.append((draw.answers[:, :-1] == draw.answers[:, 1:]).sum(0), 40)
     assert (b.correct == expected).all() and b.correct[-1] == 40 and b.correct[:-1].min() < 40
-    assert b.misses_by_distance[1] == 40 * 8 - expected.sum() and b.misses_by_distance.sum() == b.misses_by_distance[1]
+    a = draw.answers
+    both = ((a[:, 1:-1] != a[:, 2:]) & (a[:, :-2] == a[:, 2:])).sum()      # miss at j, data j-1 = data j+1
+    assert b.misses == 40 * 8 - expected.sum() and b.unstored == 0 and b.earlier.sum() == 0
+    assert b.both[1] == both and b.later[1] == b.misses - both and b.later[2:].sum() == b.both[2:].sum() == 0
     table = breakdown_table(b)
-    assert "| 8 | 40 | 100.0% |" in table and f"| 1 | {b.misses_by_distance[1]} |" in table and "| none | 0 |" in table
+    assert "| 8 | 40 | 100.0% |" in table and f"| 1 | 0 | {b.later[1]} | {both} |" in table
 
 
 def test_eval_cli_per_query_reports_the_table_and_its_breakdown(capsys):
@@ -112,8 +116,8 @@ def test_eval_cli_per_query_reports_the_table_and_its_breakdown(capsys):
     doc = json.loads(capsys.readouterr().out)
     for r, b in zip(doc["results"], doc["per_query"]):
         assert b["length"] == r["length"] and len(b["correct"]) == 16 and r["queries"] == 96
-        assert sum(b["correct"]) == r["correct"] and sum(b["misses_by_distance"]) == 96 - r["correct"]
+        assert sum(b["correct"]) == r["correct"] and sum(b["misses_earlier"] + b["misses_later"] + b["misses_both"]) + b["misses_unstored"] == 96 - r["correct"]
     eval_main(["--checkpoint", str(ROOT / "selective-copy-2layer.safetensors"), "--lengths", "64",
                "--samples", "6", "--per-query", "--no-progress"])
     out = capsys.readouterr().out
-    assert "Per query at L = 64 (6 sequences)" in out and "| 16 |" in out and "| none |" in out
+    assert "Per query at L = 64 (6 sequences)" in out and "| 16 |" in out and "| d | earlier | later | both |" in out

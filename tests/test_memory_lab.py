@@ -108,10 +108,19 @@ def test_memory_report_end_to_end(tmp_path, task, options, length):
     lm = small_lm(TASKS[task])
     path = tmp_path / "m.safetensors"
     save_checkpoint(lm, path, task=TASKS[task].metadata(length, options=options))
-    memory_report.main([str(path), "--seqs", "4", "--out", str(tmp_path / "docs")])
+    memory_report.main([str(path), "--seqs", "4", "--order-seqs", "6", "--out", str(tmp_path / "docs")])
     md = (tmp_path / "docs" / f"{task}.md").read_text()
     assert "## The answer" in md and "| layer | write kept at recall" in md and md.count("\n| ") >= 3
     s = json.loads((tmp_path / "docs" / task / "study.json").read_text())
+    order = s["order"]["per_query"]
+    assert order["length"] == length and order["samples"] == 6 and len(order["correct"]) == 3
+    assert "## Which memory each query reads" in md and "| accuracy | " in md
+    if task == "selective_copying":        # the lead sweep: data in the last length/4 steps after m * 5 of noise
+        assert [r["lead"] for r in s["order"]["lead"]] == [0, 5, 10, 15, 25, 35]
+        assert [r["length"] for r in s["order"]["lead"]] == [5, 10, 15, 20, 30, 40]
+        assert "## Time before the data" in md and md.count("\n| 35 | 40 | ") == 1
+    else:
+        assert "lead" not in s["order"] and "## Time before the data" not in md
     assert len(s["writes"]) == 3 and len(s["layers"]) == 2 and 0 <= s["accuracy"] <= 1
     assert s["options"] == options and s["length"] == length
     acc = np.array(s["layers"][s["memory_layer"]]["clamp"]["4"]["acc"], dtype=float)

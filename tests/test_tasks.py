@@ -226,6 +226,21 @@ def test_selective_copy_format(n_ctx, k):
     assert p.writes == tuple(b.data_pos[0].tolist()) == p.sources             # the j-th marker recalls the j-th write
 
 
+def test_selective_copy_lead_keeps_the_data_and_its_distances_to_the_markers():
+    """lead = noise before the data: the same seed and n_ctx - lead draw the same data at the same
+    distances from the first marker, whatever the lead (analysis.memory_report's lead sweep)."""
+    base = sc.copy_batch(16, 100, seed=3)
+    for lead in (0, 50, 1000):
+        b = sc.copy_batch(16, 100 + lead, seed=3, lead=lead)
+        assert (b.data_pos >= lead).all() and not (b.tokens[:, :lead] < 16).any()
+        assert np.array_equal(b.data, base.data) and np.array_equal(b.data_pos - lead, base.data_pos)
+        assert np.array_equal(b.tokens[:, lead:], base.tokens)
+    assert sc.copy_batch(4, 20, seed=1, lead=4).data_pos.min() >= 4
+    for bad, msg in [(-1, "lead must be"), (1.5, "lead must be"), (True, "lead must be"), (90, "after a lead of 90")]:
+        with pytest.raises(ValueError, match=msg):
+            sc.copy_batch(2, 100, lead=bad)
+
+
 def test_selective_copy_text_edits_and_presets():
     t = SELECTIVE_COPYING.parse("_ 3 _ 9 _ ? ?")
     assert t.tolist() == [16, 3, 16, 9, 16, 17, 17] and SELECTIVE_COPYING.format(t) == "_ 3 _ 9 _ ? ?"

@@ -99,51 +99,64 @@ class QueryBreakdown:
     """Where in a sequence the misses fall. Query j is the j-th query step in time order (selective
     copying: the j-th marker, whose answer is the j-th data token in context order; MQAR: the j-th
     query, any pair). A miss whose prediction is another query's answer in the same sequence read
-    the wrong memory; `misses_by_distance[d]` counts those whose nearest such query is d away (|j' - j|),
-    and [0] the misses that predicted no answer of the sequence."""
+    the wrong memory: `earlier[d]` counts those whose nearest query with that answer is j - d,
+    `later[d]` those at j + d, `both[d]` those with one at each (a token stored twice); `unstored`
+    the misses that gave no answer of the sequence."""
     length: int
     samples: int
-    correct: np.ndarray                 # [K] right answers at query j
-    misses_by_distance: np.ndarray      # [K] misses by |j' - j| to the nearest query with that answer
+    correct: np.ndarray     # [K] right answers at query j
+    earlier: np.ndarray     # [K] misses that gave the answer of query j - d (nearest), by d (index 0 unused)
+    later: np.ndarray       # [K] ... of query j + d
+    both: np.ndarray        # [K] ... of both j - d and j + d
+    unstored: int
 
     @property
     def accuracy(self) -> np.ndarray:
         return self.correct / self.samples
+
+    @property
+    def misses(self) -> int:
+        return int(self.earlier.sum() + self.later.sum() + self.both.sum()) + self.unstored
 
 
 @torch.no_grad()
 def query_breakdown(lm: MambaLM, length: int, samples: int, seed: int, task=INDUCTION,
                     options: Optional[dict] = None,
                     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> QueryBreakdown:
-    """Accuracy per query index and the misses' distance to the answer they gave (same sequences as
-    count_correct with the same seed)."""
+    """Accuracy per query index and, per miss, whose answer it gave (the same sequences as
+    count_correct with the same seed and tokens_per_batch)."""
     was = lm.training
     lm.eval()
-    correct = by_distance = None
+    correct = side = None
+    unstored = 0
     for answers, pred in _predictions(lm, length, samples, seed, tokens_per_batch, None, task, options):
+        K = answers.shape[1]
         if correct is None:
-            correct = np.zeros(answers.shape[1], dtype=np.int64)
-            by_distance = np.zeros(answers.shape[1], dtype=np.int64)
+            correct, side = np.zeros(K, dtype=np.int64), np.zeros((3, K), dtype=np.int64)
         ok = pred == answers                                                  # [b, K]
         correct += ok.sum(0)
         for i, j in zip(*np.nonzero(~ok)):
-            same = np.flatnonzero(answers[i] == pred[i, j])
-            by_distance[int(np.abs(same - j).min()) if same.size else 0] += 1
+            offsets = np.flatnonzero(answers[i] == pred[i, j]) - j            # never 0: a miss
+            if offsets.size == 0:
+                unstored += 1
+                continue
+            d = int(np.abs(offsets).min())
+            side[(-d in offsets) + 2 * (d in offsets) - 1, d] += 1           # 0 earlier, 1 later, 2 both
     lm.train(was)
-    return QueryBreakdown(length, samples, correct, by_distance)
+    return QueryBreakdown(length, samples, correct, *side, unstored)
 
 
 def breakdown_table(b: QueryBreakdown) -> str:
-    """Accuracy per query index, then where the misses' answers came from."""
+    """Accuracy per query index, then whose answers the misses gave."""
     K = b.correct.size
     rows = [f"Per query at L = {b.length} ({b.samples} sequences):", "",
             "| query | correct | accuracy |", "|---:|---:|---:|"]
     rows += [f"| {j + 1} | {int(b.correct[j])} | {100 * b.accuracy[j]:.1f}% |" for j in range(K)]
-    misses = int(b.misses_by_distance.sum())
-    rows += ["", f"Misses: {misses}; the answer of the query d away (nearest such), or of none:", "",
-             "| d | misses |", "|---:|---:|"]
-    rows += [f"| {d} | {int(n)} |" for d, n in enumerate(b.misses_by_distance) if d and n]
-    rows.append(f"| none | {int(b.misses_by_distance[0])} |")
+    rows += ["", f"Misses: {b.misses}. A miss at query j that gave the answer of query j - d (earlier), "
+             f"j + d (later) or both (nearest d); {b.unstored} gave no answer of the sequence:", "",
+             "| d | earlier | later | both |", "|---:|---:|---:|---:|"]
+    rows += [f"| {d} | {int(b.earlier[d])} | {int(b.later[d])} | {int(b.both[d])} |"
+             for d in range(1, K) if b.earlier[d] or b.later[d] or b.both[d]]
     return "\n".join(rows)
 
 
@@ -234,7 +247,7 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--per-query", action="store_true",
                    help="also, per length: accuracy at each query index (selective copying: each marker) "
-                        "and how far each miss's answer sits (the same sequences)")
+                        "and whose answer each miss gave (the query d earlier or later; same sequences)")
     args = p.parse_args(argv)
     try:
         lengths = [int(v) for v in args.lengths.split(",") if v]
@@ -280,7 +293,9 @@ def main(argv=None):
             doc["memory_channels"] = chans
         if breakdowns:
             doc["per_query"] = [{"length": b.length, "samples": b.samples, "correct": b.correct.tolist(),
-                                 "misses_by_distance": b.misses_by_distance.tolist()} for b in breakdowns]
+                                 "misses_earlier": b.earlier.tolist(), "misses_later": b.later.tolist(),
+                                 "misses_both": b.both.tolist(), "misses_unstored": b.unstored}
+                                for b in breakdowns]
         print(json.dumps(doc, indent=2))
         return
     print(markdown_table(results))
