@@ -22,16 +22,14 @@ import torch
 from model import load_checkpoint, run
 from tasks import task_for
 from tasks.measures import delta_ratio, windows
-from model.run import STREAM_CHUNK
-from training.eval import count_correct, query_breakdown
+from training.eval import count_correct
 
+from .copy_order import copy_order, render as render_order
 from .memory_lab import clamp_matrix, memory_map, shared_layout_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = 8                  # holders compared between memories: each memory's top-8 units
 ORDER_SEQS = 128         # sequences per row of the copy-order tables (16 markers each)
-LEADS = (0, 1, 2, 3, 5, 7)   # selective copying: noise before the data, in multiples of the data window
-ORDER_BATCH = 16         # sequences per batch in every row: the same draws whatever the length
 
 
 def _options(lm) -> dict:
@@ -56,27 +54,6 @@ def write_ratios(lm, task, tokens: np.ndarray, layer: int) -> np.ndarray:
         win = windows(pos, tokens.shape[1], lm.config.d_conv, write=i)
         out.append(np.nan if win is None else float(delta_ratio(delta, win).ratio.max()))
     return np.array(out)
-
-
-def _breakdown(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
-    b = query_breakdown(lm, length, n, seed, task, options, ORDER_BATCH * min(length, STREAM_CHUNK))
-    return {"length": length, "samples": n, "correct": b.correct.tolist(), "earlier": int(b.earlier.sum()),
-            "later": int(b.later.sum()), "both": int(b.both.sum()), "unstored": b.unstored}
-
-
-def copy_order(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
-    """Which memory each query reads: accuracy per query index at `length` and whose answer each miss
-    gave (training.eval.query_breakdown). Selective copying also gets the lead sweep: the data fill
-    the last W = length/4 steps of the context, the same tokens at the same distances from the markers
-    in every row, after m·W steps of noise, m in LEADS. A model whose order code counted data tokens
-    only would score every row alike; one that also keeps time scores best near its training length."""
-    out = {"per_query": _breakdown(lm, task, length, n, seed, options)}
-    if task.name == "selective_copying":
-        W = length // 4
-        out["window"] = W
-        out["lead"] = [{"lead": m * W, **_breakdown(lm, task, W + m * W, n, seed, {**options, "lead": m * W})}
-                       for m in LEADS]
-    return out
 
 
 def study(lm, length: int, n_seqs: int = 32, seed: int = 0, options: dict | None = None,
@@ -126,49 +103,6 @@ def verdict(s: dict, d_conv: int) -> str:
             f"{s['unit']}s overlap by {L['overlap']:.2f} (Jaccard), and at the recall the top holder's term is "
             f"{L['share_top']:.2f}× that unit's state norm (median): "
             + ("each memory has units of its own." if L["overlap"] < 0.3 else "memories share units (superposed)."))
-
-
-def _acc_row(c: dict) -> str:
-    return " | ".join(f"{x / c['samples']:.0%}" for x in c["correct"])
-
-
-def _misses(c: dict) -> str:
-    return (f"{c['earlier']} gave an earlier query's answer, {c['later']} a later one's, {c['both']} one on each "
-            f"side at the same distance, {c['unstored']} no answer of the sequence")
-
-
-def render_order(o: dict, task: str) -> list[str]:
-    c = o["per_query"]
-    K = len(c["correct"])
-    who = "marker" if task == "selective_copying" else "query"
-    lines = ["## Which memory each query reads", "",
-             f"Accuracy at the j-th {who} (time order), {c['samples']} sequences at L = {c['length']}; misses: "
-             f"{_misses(c)} (`python -m training.eval --per-query`):", "",
-             f"| {who} | " + " | ".join(str(j + 1) for j in range(K)) + " |",
-             "|---|" + "---:|" * K, "| accuracy | " + _acc_row(c) + " |", ""]
-    if "lead" not in o:
-        return lines
-    W, rows = o["window"], o["lead"]
-    lines += ["## Time before the data", "",
-              f"The {len(rows[0]['correct'])} data tokens fill the last W = {W} steps of the context: in every row the same tokens at the "
-              f"same distances from the markers ({rows[0]['samples']} sequences); only the noise before them, the "
-              "lead, changes. A miss that gives an earlier data token lags; one that gives a later token reads "
-              "ahead.", "",
-              "| lead | n_ctx | accuracy | misses | earlier token | later token | worst marker |",
-              "|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        acc = np.array(r["correct"]) / r["samples"]
-        worst = int(acc.argmin())
-        lines.append(f"| {r['lead']} | {r['length']} | {acc.mean():.1%} | {len(acc) * r['samples'] - sum(r['correct'])} | "
-                     f"{r['earlier']} | {r['later']} | #{worst + 1} ({acc[worst]:.0%}) |")
-    ahead = [r["lead"] for r in rows if r["later"] > r["earlier"]]
-    lag = [r["lead"] for r in rows if r["earlier"] > r["later"]]
-    best = max(rows, key=lambda r: sum(r["correct"]))
-    lines += ["", f"Most right at a lead of {best['lead']} (n_ctx {best['length']}). Misses read ahead more than they lag "
-              f"at leads {ahead or 'none'}; they lag more at leads {lag or 'none'}. Noise carries no data, so where "
-              "the rows differ the marker-to-memory order depends on how long the model has run, not only on the "
-              "data it has seen.", ""]
-    return lines
 
 
 def render(s: dict, label: str, d_conv: int) -> str:

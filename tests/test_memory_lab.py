@@ -119,6 +119,13 @@ def test_memory_report_end_to_end(tmp_path, task, options, length):
         assert [r["lead"] for r in s["order"]["lead"]] == [0, 5, 10, 15, 25, 35]
         assert [r["length"] for r in s["order"]["lead"]] == [5, 10, 15, 20, 30, 40]
         assert "## Time before the data" in md and md.count("\n| 35 | 40 | ") == 1
+        # the window run from the state a lead leaves is the full sequence with that lead (same draws)
+        kept = s["order"]["kept"]
+        assert (kept["short"], kept["long"]) == (5, 35) and kept["rows"][0]["label"] == "lead 5"
+        assert kept["rows"][0]["correct"] == s["order"]["lead"][1]["correct"]
+        assert kept["rows"][1]["correct"] == s["order"]["lead"][-1]["correct"]
+        # swapping every layer's state is the other lead; one layer's is what the table says it is
+        assert len(kept["rows"]) == 2 + 2 * 2 + 3 and "### Where the lead is kept" in md
     else:
         assert "lead" not in s["order"] and "## Time before the data" not in md
     assert len(s["writes"]) == 3 and len(s["layers"]) == 2 and 0 <= s["accuracy"] <= 1
@@ -126,3 +133,27 @@ def test_memory_report_end_to_end(tmp_path, task, options, length):
     acc = np.array(s["layers"][s["memory_layer"]]["clamp"]["4"]["acc"], dtype=float)
     assert acc.shape == (4, 3)
     assert len(render(tmp_path / "docs" / task / "figures.json")) == 3          # PNGs drawn by viz.figures
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_copy_order_state_swaps_are_exact(layer):
+    """A window run from the state a lead leaves is the full run with that lead; moving every layer's
+    state (or every unit of one layer) from another lead is that lead; FromStates scores the last K steps only."""
+    from analysis.copy_order import FromStates, _mixed, lead_states
+    from tasks import SELECTIVE_COPYING
+    from tasks.selective_copy import NOISE
+
+    lm = small_lm(SELECTIVE_COPYING, layer)
+    b = SELECTIVE_COPYING.batch(3, 12, seed=1, k=3)
+    window, q = torch.from_numpy(b.tokens), torch.from_numpy(b.queries)
+    full = torch.cat([torch.full((3, 9), NOISE), window], 1)
+    want = lm(full)[:, -3:, :SELECTIVE_COPYING.vocab_size]
+    S, L = lead_states(lm, 9), lead_states(lm, 4)
+    torch.testing.assert_close(FromStates(lm, S)(window, q), want, rtol=1e-3, atol=2e-4)
+    swapped = _mixed(_mixed(L, S, 0), S, 1)
+    torch.testing.assert_close(FromStates(lm, swapped)(window, q), want, rtol=1e-3, atol=2e-4)
+    every = _mixed(L, S, 1, torch.arange(S[1].ssm.shape[1]))
+    torch.testing.assert_close(FromStates(lm, _mixed(every, S, 0))(window, q), want, rtol=1e-3, atol=2e-4)
+    assert not torch.allclose(FromStates(lm, L)(window, q), want, rtol=1e-3, atol=2e-4)   # the lead matters
+    with pytest.raises(ValueError, match="last K steps"):
+        FromStates(lm, S)(window, q - 1)
