@@ -19,7 +19,7 @@ import torch
 
 from model.records import LayerState
 from model.run import STREAM_CHUNK, run
-from tasks.selective_copy import NOISE
+from tasks.selective_copy import K_DEFAULT, NOISE
 from training.eval import query_breakdown
 
 LEADS = (0, 1, 2, 3, 5, 7)   # noise before the data, in multiples of the window W = length / 4
@@ -105,6 +105,10 @@ def copy_order(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
     if task.name != "selective_copying":
         return out
     W = length // 4
+    k = int(options.get("k", K_DEFAULT))
+    if W < k:
+        out["lead_skipped"] = f"the window L/4 = {W} cannot hold {k} data tokens; run the report at L >= {4 * k}"
+        return out
     out["window"] = W
     out["lead"] = [{"lead": m * W, **breakdown(lm, task, W + m * W, n, seed, {**options, "lead": m * W})}
                    for m in LEADS]
@@ -137,6 +141,8 @@ def render(o: dict, task: str) -> list:
              f"{_misses(c)} (`python -m training.eval --per-query`):", "",
              f"| {who} | " + " | ".join(str(j + 1) for j in range(K)) + " |",
              "|---|" + "---:|" * K, "| accuracy | " + " | ".join(f"{x:.0%}" for x in _acc(c)) + " |", ""]
+    if "lead_skipped" in o:
+        return lines + [f"No lead sweep: {o['lead_skipped']}.", ""]
     if "lead" not in o:
         return lines
     W, rows = o["window"], o["lead"]

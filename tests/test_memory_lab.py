@@ -157,3 +157,11 @@ def test_copy_order_state_swaps_are_exact(layer):
     assert not torch.allclose(FromStates(lm, L)(window, q), want, rtol=1e-3, atol=2e-4)   # the lead matters
     with pytest.raises(ValueError, match="last K steps"):
         FromStates(lm, S)(window, q - 1)
+
+
+def test_copy_order_skips_the_lead_sweep_where_the_window_cannot_hold_the_data():
+    from analysis.copy_order import copy_order, render
+    from tasks import SELECTIVE_COPYING
+    o = copy_order(small_lm(SELECTIVE_COPYING), SELECTIVE_COPYING, 12, 2, 0, {"k": 4})
+    assert "lead" not in o and "cannot hold 4 data tokens" in o["lead_skipped"]
+    assert len(o["per_query"]["correct"]) == 4 and "No lead sweep: the window L/4 = 3" in "\n".join(render(o, "selective_copying"))
