@@ -73,6 +73,8 @@ def test_per_query_breakdown_scores_the_same_sequences_as_count_correct():
     right, total = count_correct(lm, 512, 24, 7 + 512, tokens_per_batch=512 * 10, task=task, options={"k": 16})
     assert b.correct.shape == (16,) and int(b.correct.sum()) == right and total == 16 * 24
     assert b.misses == total - right
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        query_breakdown(lm, 512, 0, 1, task)
 
 
 def test_per_query_breakdown_places_a_model_that_reads_the_next_memory():

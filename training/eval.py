@@ -125,6 +125,8 @@ def query_breakdown(lm: MambaLM, length: int, samples: int, seed: int, task=INDU
                     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> QueryBreakdown:
     """Accuracy per query index and, per miss, whose answer it gave (the same sequences as
     count_correct with the same seed and tokens_per_batch)."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     was = lm.training
     lm.eval()
     correct = side = None
