@@ -27,8 +27,8 @@ ORDER_BATCH = 16             # sequences per batch in every row: the same draws 
 UNITS = (1, 4, 16)           # units of the time-keeping layer moved at once, ranked by their change
 
 
-def breakdown(lm, task, length: int, n: int, seed: int, options: dict) -> dict:
-    b = query_breakdown(lm, length, n, seed, task, options, ORDER_BATCH * min(length, STREAM_CHUNK))
+def breakdown(lm, task, length: int, n: int, seed: int, options: dict, forward=None) -> dict:
+    b = query_breakdown(lm, length, n, seed, task, options, ORDER_BATCH * min(length, STREAM_CHUNK), forward)
     return {"length": length, "samples": n, "correct": b.correct.tolist(), "earlier": int(b.earlier.sum()),
             "later": int(b.later.sum()), "both": int(b.both.sum()), "unstored": b.unstored}
 
@@ -40,37 +40,31 @@ def lead_states(lm, lead: int) -> list:
         return run(lm, noise.to(lm.device), num_last_tokens=1).final_states
 
 
-class FromStates:
-    """lm, continuing from given per-layer states [LayerState] * n_layer (batch 1, repeated over the
-    batch): what query_breakdown calls. Only the last K steps are scored (selective copying's markers)."""
-
-    def __init__(self, lm, states: list):
-        self.lm, self.states, self.training, self.device = lm, states, False, lm.device
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
+def from_states(lm, states: list):
+    """A forward for query_breakdown: lm continuing from per-layer states [LayerState] * n_layer
+    (batch 1, repeated over the batch), scoring the last K steps only (selective copying's markers)."""
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:   # [B, L], [B, K] -> [B, K, V]
+    def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:   # [B, L], [B, K] -> [B, K, V]
         B, L = tokens.shape
         K = positions.shape[1]
         if not bool((positions == torch.arange(L - K, L, device=positions.device)).all()):
-            raise ValueError("FromStates scores the last K steps only")
+            raise ValueError("from_states scores the last K steps only")
         st = [LayerState(s.conv.expand(B, *s.conv.shape[1:]).contiguous(),
-                         s.ssm.expand(B, *s.ssm.shape[1:]).contiguous()) for s in self.states]
-        logits = run(self.lm, tokens, initial_states=st, num_last_tokens=K).logits       # [B, K, V']
-        return logits[..., :self.lm.config.vocab_size]
+                         s.ssm.expand(B, *s.ssm.shape[1:]).contiguous()) for s in states]
+        logits = run(lm, tokens, initial_states=st, num_last_tokens=K).logits          # [B, K, V']
+        return logits[..., :lm.config.vocab_size]
+
+    return forward
 
 
 def _mixed(base: list, other: list, layer: int, units=None) -> list:
     """base's states with layer `layer`'s SSM state (or only `units` of it) from `other`."""
-    out = list(base)
-    ssm = other[layer].ssm.clone() if units is None else base[layer].ssm.clone()
+    ssm = other[layer].ssm                      # LayerStates are immutable: shared, not copied
     if units is not None:
+        ssm = base[layer].ssm.clone()
         ssm[:, units] = other[layer].ssm[:, units]
+    out = list(base)
     out[layer] = LayerState(base[layer].conv, ssm)
     return out
 
@@ -81,7 +75,7 @@ def where_time_is_kept(lm, task, W: int, n: int, seed: int, options: dict, short
     S, L = lead_states(lm, short), lead_states(lm, long)
 
     def row(states, label: str) -> dict:
-        return {"label": label, **breakdown(FromStates(lm, states), task, W, n, seed, options)}
+        return {"label": label, **breakdown(lm, task, W, n, seed, options, from_states(lm, states))}
 
     rows = [row(S, f"lead {short}"), row(L, f"lead {long}")]
     for i in range(lm.config.n_layer):

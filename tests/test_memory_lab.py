@@ -124,7 +124,8 @@ def test_memory_report_end_to_end(tmp_path, task, options, length):
         assert (kept["short"], kept["long"]) == (5, 35) and kept["rows"][0]["label"] == "lead 5"
         assert kept["rows"][0]["correct"] == s["order"]["lead"][1]["correct"]
         assert kept["rows"][1]["correct"] == s["order"]["lead"][-1]["correct"]
-        # swapping every layer's state is the other lead; one layer's is what the table says it is
+        # two leads, then each layer's state swapped both ways, then the top 1, 4 and 16 units (the
+        # swaps' exactness: test_copy_order_state_swaps_are_exact)
         assert len(kept["rows"]) == 2 + 2 * 2 + 3 and "### Where the lead is kept" in md
     else:
         assert "lead" not in s["order"] and "## Time before the data" not in md
@@ -138,8 +139,8 @@ def test_memory_report_end_to_end(tmp_path, task, options, length):
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_copy_order_state_swaps_are_exact(layer):
     """A window run from the state a lead leaves is the full run with that lead; moving every layer's
-    state (or every unit of one layer) from another lead is that lead; FromStates scores the last K steps only."""
-    from analysis.copy_order import FromStates, _mixed, lead_states
+    state (or every unit of one layer) from another lead is that lead; from_states scores the last K steps only."""
+    from analysis.copy_order import _mixed, from_states, lead_states
     from tasks import SELECTIVE_COPYING
     from tasks.selective_copy import NOISE
 
@@ -149,14 +150,14 @@ def test_copy_order_state_swaps_are_exact(layer):
     full = torch.cat([torch.full((3, 9), NOISE), window], 1)
     want = lm(full)[:, -3:, :SELECTIVE_COPYING.vocab_size]
     S, L = lead_states(lm, 9), lead_states(lm, 4)
-    torch.testing.assert_close(FromStates(lm, S)(window, q), want, rtol=1e-3, atol=2e-4)
+    torch.testing.assert_close(from_states(lm, S)(window, q), want, rtol=1e-3, atol=2e-4)
     swapped = _mixed(_mixed(L, S, 0), S, 1)
-    torch.testing.assert_close(FromStates(lm, swapped)(window, q), want, rtol=1e-3, atol=2e-4)
+    torch.testing.assert_close(from_states(lm, swapped)(window, q), want, rtol=1e-3, atol=2e-4)
     every = _mixed(L, S, 1, torch.arange(S[1].ssm.shape[1]))
-    torch.testing.assert_close(FromStates(lm, _mixed(every, S, 0))(window, q), want, rtol=1e-3, atol=2e-4)
-    assert not torch.allclose(FromStates(lm, L)(window, q), want, rtol=1e-3, atol=2e-4)   # the lead matters
+    torch.testing.assert_close(from_states(lm, _mixed(every, S, 0))(window, q), want, rtol=1e-3, atol=2e-4)
+    assert not torch.allclose(from_states(lm, L)(window, q), want, rtol=1e-3, atol=2e-4)   # the lead matters
     with pytest.raises(ValueError, match="last K steps"):
-        FromStates(lm, S)(window, q - 1)
+        from_states(lm, S)(window, q - 1)
 
 
 def test_copy_order_skips_the_lead_sweep_where_the_window_cannot_hold_the_data():

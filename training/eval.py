@@ -66,15 +66,16 @@ def batch_size_for(length: int, samples: int, tokens_per_batch: int = DEFAULT_TO
 
 
 def _predictions(lm: MambaLM, length: int, samples: int, seed: int, tokens_per_batch: int,
-                 bar: Optional[tqdm], task, options: Optional[dict]):
+                 bar: Optional[tqdm], task, options: Optional[dict], forward=None):
     """Yields (answers [b, K], argmax at the queries [b, K]) over `samples` fresh sequences of the task
-    (numpy's generator seeded with `seed`; `options` go to task.batch), batch by batch."""
+    (numpy's generator seeded with `seed`; `options` go to task.batch), batch by batch; `forward`
+    replaces lm's call as in query_logits."""
     batch = batch_size_for(length, samples, tokens_per_batch)
     rng = np.random.default_rng(seed)
     for s in range(0, samples, batch):
         b = task_batch(task, min(batch, samples - s), length, rng, options)
         tokens = torch.from_numpy(b.tokens).to(lm.device)                   # [b, L]
-        logits = query_logits(lm, tokens, torch.from_numpy(b.queries).to(lm.device))   # [b, K, V]
+        logits = query_logits(lm, tokens, torch.from_numpy(b.queries).to(lm.device), forward)   # [b, K, V]
         yield b.answers, logits.argmax(-1).cpu().numpy()
         if bar is not None:
             bar.update(tokens.numel())
@@ -121,17 +122,17 @@ class QueryBreakdown:
 
 @torch.no_grad()
 def query_breakdown(lm: MambaLM, length: int, samples: int, seed: int, task=INDUCTION,
-                    options: Optional[dict] = None,
-                    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> QueryBreakdown:
+                    options: Optional[dict] = None, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
+                    forward=None) -> QueryBreakdown:
     """Accuracy per query index and, per miss, whose answer it gave (the same sequences as
-    count_correct with the same seed and tokens_per_batch)."""
+    count_correct with the same seed and tokens_per_batch); `forward` replaces lm's call."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     was = lm.training
     lm.eval()
     correct = side = None
     unstored = 0
-    for answers, pred in _predictions(lm, length, samples, seed, tokens_per_batch, None, task, options):
+    for answers, pred in _predictions(lm, length, samples, seed, tokens_per_batch, None, task, options, forward):
         K = answers.shape[1]
         if correct is None:
             correct, side = np.zeros(K, dtype=np.int64), np.zeros((3, K), dtype=np.int64)
@@ -162,14 +163,21 @@ def breakdown_table(b: QueryBreakdown) -> str:
     return "\n".join(rows)
 
 
-def evaluate(lm: MambaLM, lengths: Sequence[int], samples: int, long_samples: Optional[int] = None,
-             long_from: int = 1 << 17, seed: int = 0, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
-             progress: bool = True, task=INDUCTION, options: Optional[dict] = None) -> list[LengthResult]:
-    """Accuracy at each length; `long_samples` sequences (default `samples`) from `long_from` on."""
+def sample_plan(lengths: Sequence[int], samples: int, long_samples: Optional[int] = None,
+                long_from: int = 1 << 17) -> list[tuple[int, int]]:
+    """(L, sequences) per length: `long_samples` (default `samples`) from `long_from` on."""
     plan = [(L, samples if long_samples is None or L < long_from else long_samples) for L in lengths]
     for L, n in plan:
         if L < 3 or n < 1:
             raise ValueError(f"length {L} must be >= 3 and samples {n} >= 1")
+    return plan
+
+
+def evaluate(lm: MambaLM, lengths: Sequence[int], samples: int, long_samples: Optional[int] = None,
+             long_from: int = 1 << 17, seed: int = 0, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
+             progress: bool = True, task=INDUCTION, options: Optional[dict] = None) -> list[LengthResult]:
+    """Accuracy at each length; `long_samples` sequences (default `samples`) from `long_from` on."""
+    plan = sample_plan(lengths, samples, long_samples, long_from)
     was = lm.training
     lm.eval()
     bar = tqdm(total=sum(L * n for L, n in plan), unit="tok", unit_scale=True, disable=not progress,
@@ -274,9 +282,10 @@ def main(argv=None):
     for i, L in enumerate(lengths):
         opts = {k: (v[i] if isinstance(v, list) else v) for k, v in options.items()}
         if args.per_query:      # the same sequences, scored per query (one pass, no progress bar)
-            n = args.samples if args.long_samples is None or L < args.long_from else args.long_samples
-            if L < 3 or n < 1:
-                p.error(f"length {L} must be >= 3 and samples {n} >= 1")
+            try:
+                [(_, n)] = sample_plan([L], args.samples, args.long_samples, args.long_from)
+            except ValueError as e:
+                p.error(str(e))
             b = query_breakdown(lm, L, n, args.seed + L, task, opts, args.tokens_per_batch)
             breakdowns.append(b)
             results.append(LengthResult(L, n, int(b.correct.sum()), b.correct.size * n))
