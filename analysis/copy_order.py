@@ -50,9 +50,7 @@ def from_states(lm, states: list):
         K = positions.shape[1]
         if not bool((positions == torch.arange(L - K, L, device=positions.device)).all()):
             raise ValueError("from_states scores the last K steps only")
-        st = [LayerState(s.conv.expand(B, *s.conv.shape[1:]).contiguous(),
-                         s.ssm.expand(B, *s.ssm.shape[1:]).contiguous()) for s in states]
-        logits = run(lm, tokens, initial_states=st, num_last_tokens=K).logits          # [B, K, V']
+        logits = run(lm, tokens, initial_states=[s.repeat(B) for s in states], num_last_tokens=K).logits          # [B, K, V']
         return logits[..., :lm.config.vocab_size]
 
     return forward

@@ -34,7 +34,7 @@ PATCH_MAX_LEN and MAX_POSITIONS bound it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -232,9 +232,7 @@ def patch_sweep(lm, clean, corrupted, kind: str = "state", groups: Sequence[str]
         if not rows:
             continue
         R = len(rows)
-        init = None if s0 == 0 else [replace(st, conv=st.conv.expand(R, *st.conv.shape[1:]),
-                                             ssm=st.ssm.expand(R, *st.ssm.shape[1:]).clone())
-                                     for st in snaps[s0 - 1]]                                  # [R, ...] each
+        init = None if s0 == 0 else [st.repeat(R) for st in snaps[s0 - 1]]                   # [R, ...] each
         ivs = []
         for row, (k, li, g) in enumerate(rows):
             t, units = int(pos[k]), channels[li][g]

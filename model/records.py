@@ -53,6 +53,13 @@ class LayerState:
     conv: Tensor
     ssm: Tensor
 
+    def repeat(self, batch: int) -> "LayerState":
+        """A batch-1 state copied to `batch` rows (own memory: a run may update it in place)."""
+        if self.conv.shape[0] != 1:
+            raise ValueError(f"repeat takes a batch-1 state, got batch {self.conv.shape[0]}")
+        return LayerState(self.conv.expand(batch, *self.conv.shape[1:]).contiguous(),
+                          self.ssm.expand(batch, *self.ssm.shape[1:]).contiguous())
+
 
 @dataclass
 class MixerHooks:

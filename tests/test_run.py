@@ -132,6 +132,17 @@ def test_a_run_continued_from_its_snapshot_is_the_uninterrupted_run(lm, tokens):
         run(lm, tokens[:, 20:], [PatchState(0, [0], 3, tokens)], initial_states=full.snapshots[19])
 
 
+def test_a_batch_one_state_repeated_continues_every_row_alike(lm, tokens):
+    one = run(lm, tokens[:1, :20]).final_states
+    rows = [s.repeat(3) for s in one]
+    assert all(r.ssm.shape[0] == 3 and r.ssm.data_ptr() != s.ssm.data_ptr() for r, s in zip(rows, one))
+    rest = run(lm, tokens[:1, 20:].expand(3, -1), initial_states=rows)
+    full = run(lm, tokens[:1])
+    assert all(close(rest.logits[i], full.logits[0, 20:]) for i in range(3))
+    with pytest.raises(ValueError, match="batch-1 state, got batch 3"):
+        rows[0].repeat(2)
+
+
 def test_a_snapshot_keeps_its_values_when_the_state_is_edited_later(lm, tokens):
     clean = run(lm, tokens, snapshots=[20])
     edited = run(lm, tokens, [ZeroState(1, list(range(128)), t=21)], snapshots=[20, 21])
