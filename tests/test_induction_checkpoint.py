@@ -250,6 +250,24 @@ def test_eval_cli_prints_table_and_json(tmp_path, capsys):
     assert doc["results"][1]["correct"] == want
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--lengths", "2"], "length 2 must be >= 3"),
+    (["--lengths", "16", "--samples", "0"], "samples 0 >= 1"),
+    (["--lengths", "16", "--options", '{"colour": 1}'], "do not fit induction_heads's generator"),
+    (["--lengths", "16", "--memory-channels", "--checkpoint", "checkpoints/selective-copy-2layer.safetensors"],
+     "for induction heads only"),
+    (["--lengths", "8", "--checkpoint", "checkpoints/mqar-2layer.safetensors"], "length 8: 16 pairs"),
+    (["--lengths", "16", "--checkpoint", "no/such.safetensors"], "checkpoint not found"),
+])
+def test_eval_cli_names_bad_input_without_a_traceback(tmp_path, capsys, args, says):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(MambaLM(MambaConfig(d_model=16)), path, task=INDUCTION.metadata(256))
+    with pytest.raises(SystemExit):
+        eval_main(["--checkpoint", str(path), "--samples", "2", "--no-progress"] + args)
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
 def test_eval_batches_long_inputs_within_memory():
     from training.eval import batch_size_for
     assert batch_size_for(1 << 20, 16) == 16 and batch_size_for(256, 512) == 512
@@ -284,6 +302,26 @@ def test_options_schedule_changes_the_training_batches_not_the_target(tmp_path):
         TrainConfig(options_schedule='{"5": {"k": 2}}')
     with pytest.raises(ValueError, match="keys must be steps"):
         TrainConfig(options_schedule='{"soon": {"k": 2}}')
+
+
+def test_train_options_reach_the_training_batches_only(tmp_path, monkeypatch):
+    """An augmentation (selective copying's lead_max) shapes what the model trains on; validation and
+    the checkpoint's task options stay the task's own, and the checkpoint records the augmentation."""
+    import training.train as tt
+    seen = []
+    real = tt.task_batch
+    monkeypatch.setattr(tt, "task_batch", lambda task, n, L, gen, options: (seen.append(dict(options)),
+                                                                           real(task, n, L, gen, options))[1])
+    cfg = TrainConfig(task="selective_copying", task_options='{"k": 2}', train_options='{"lead_max": 8}', seed=1,
+                      steps=2, batch=2, train_len=12, eval_every=2, val="12:2", stop_after=100, out=str(tmp_path),
+                      threads=1, d_model=16)
+    assert cfg.options_at(0) == {"k": 2, "lead_max": 8} and cfg.options() == {"k": 2}
+    train(cfg, progress=False)
+    assert seen == [{"k": 2, "lead_max": 8}] * 2
+    lm = load_checkpoint(tmp_path / "model.safetensors")
+    assert lm.task["options"] == {"k": 2} and lm.task["train_options"] == cfg.train_options
+    with pytest.raises(ValueError, match="train_options must be a JSON object"):
+        TrainConfig(train_options="[1]")
 
 
 def test_lr_schedule_sets_the_optimizer_lr_from_its_steps(tmp_path):

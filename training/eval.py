@@ -57,7 +57,10 @@ def query_logits(lm, tokens: torch.Tensor, queries: torch.Tensor, forward=None) 
 
 
 def task_batch(task, n: int, length: int, rng: np.random.Generator, options: Optional[dict] = None):
-    return task.batch(n, length, rng=rng, **(options or {}))
+    try:
+        return task.batch(n, length, rng=rng, **(options or {}))
+    except TypeError as e:      # an option the generator does not take, or of the wrong type
+        raise ValueError(f"task options {options} do not fit {task.name}'s generator: {e}") from None
 
 
 def batch_size_for(length: int, samples: int, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> int:
@@ -273,27 +276,30 @@ def main(argv=None):
     for k, v in options.items():
         if isinstance(v, list) and len(v) != len(lengths):
             p.error(f"--options {k} has {len(v)} values for {len(lengths)} lengths")
-    lm = load_checkpoint(args.checkpoint)
+    try:
+        plan = sample_plan(lengths, args.samples, args.long_samples, args.long_from)
+        lm = load_checkpoint(args.checkpoint)
+    except ValueError as e:     # CheckpointError is one
+        p.error(str(e))
     task = task_for(lm.task)
     if task is None:
         p.error(f"{args.checkpoint} has no known task in its metadata (task={lm.task!r}); "
                 f"known: {', '.join(TASKS)}")
-    results, breakdowns = [], []
-    for i, L in enumerate(lengths):
-        opts = {k: (v[i] if isinstance(v, list) else v) for k, v in options.items()}
-        if args.per_query:      # the same sequences, scored per query (one pass, no progress bar)
-            try:
-                [(_, n)] = sample_plan([L], args.samples, args.long_samples, args.long_from)
-            except ValueError as e:
-                p.error(str(e))
-            b = query_breakdown(lm, L, n, args.seed + L, task, opts, args.tokens_per_batch)
-            breakdowns.append(b)
-            results.append(LengthResult(L, n, int(b.correct.sum()), b.correct.size * n))
-            continue
-        results += evaluate(lm, [L], args.samples, args.long_samples, args.long_from, args.seed,
-                            args.tokens_per_batch, progress=not args.no_progress, task=task, options=opts)
     if args.memory_channels and task is not INDUCTION:
         p.error("--memory-channels is defined for induction heads only")
+    results, breakdowns = [], []
+    for i, (L, n) in enumerate(plan):
+        opts = {k: (v[i] if isinstance(v, list) else v) for k, v in options.items()}
+        try:    # a length or option the task cannot generate: its generator's message, no traceback
+            if args.per_query:      # the same sequences, scored per query (one pass, no progress bar)
+                b = query_breakdown(lm, L, n, args.seed + L, task, opts, args.tokens_per_batch)
+                breakdowns.append(b)
+                results.append(LengthResult(L, n, int(b.correct.sum()), b.correct.size * n))
+            else:
+                results += evaluate(lm, [L], n, seed=args.seed, tokens_per_batch=args.tokens_per_batch,
+                                    progress=not args.no_progress, task=task, options=opts)
+        except ValueError as e:
+            p.error(f"length {L}: {e}")
     chans = memory_channels(lm) if args.memory_channels else None
     if args.json:
         doc = {"checkpoint": args.checkpoint, "sha256": lm.checkpoint_sha256, "seed": args.seed,
