@@ -37,19 +37,31 @@ class CopyBatch:
 
 
 def copy_batch(batch: int, n_ctx: int, *, k: int = K_DEFAULT, seed: int = 0,
-               rng: Optional[np.random.Generator] = None, lead: int = 0) -> CopyBatch:
+               rng: Optional[np.random.Generator] = None, lead: int = 0, lead_max: int = 0) -> CopyBatch:
     """Draw `batch` sequences: K data tokens at K distinct uniform positions of n_ctx, then K markers.
     `lead` > 0 keeps the first `lead` positions noise (data in [lead, n_ctx)): the same seed and
     n_ctx - lead give the same data at the same distances from the markers after any lead, so a
-    model's dependence on time before the data can be measured alone."""
-    if isinstance(lead, bool) or not isinstance(lead, (int, np.integer)) or lead < 0:
-        raise ValueError(f"lead must be a whole number >= 0, got {lead!r}")
-    if k < 1 or n_ctx - lead < k:
+    model's dependence on time before the data can be measured alone.
+    `lead_max` > 0 draws a lead per row, uniform in 0..lead_max (a training mixture: the time before
+    the data varies while the noise count at the markers stays n_ctx - K)."""
+    for name, v in (("lead", lead), ("lead_max", lead_max)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    if lead and lead_max:
+        raise ValueError(f"give lead ({lead}) or lead_max ({lead_max}), not both")
+    most = max(lead, lead_max)
+    if k < 1 or n_ctx - most < k:
         raise ValueError(f"{k} data tokens do not fit in a context of {n_ctx}"
-                         + (f" after a lead of {lead}" if lead else ""))
+                         + (f" after a lead of {most}" if most else ""))
     g = rng if rng is not None else np.random.default_rng(seed)
-    # K distinct positions per row: the first K of a random permutation key, sorted
-    pos = lead + np.sort(np.argpartition(g.random((batch, n_ctx - lead)), k - 1, axis=1)[:, :k], axis=1)
+    if lead_max:
+        leads = g.integers(0, lead_max + 1, batch)                       # [B]
+        keys = g.random((batch, n_ctx))                                   # [B, n_ctx]
+        keys[np.arange(n_ctx)[None, :] < leads[:, None]] = 2.0           # never among the k smallest
+    else:
+        keys = g.random((batch, n_ctx - lead))
+    # K distinct positions per row: the k smallest random keys, sorted
+    pos = lead + np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)
     data = g.integers(0, DATA_VOCAB, (batch, k))
     tokens = np.full((batch, n_ctx + k), NOISE, dtype=np.int64)
     tokens[np.arange(batch)[:, None], pos] = data

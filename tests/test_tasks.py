@@ -241,6 +241,25 @@ def test_selective_copy_lead_keeps_the_data_and_its_distances_to_the_markers():
             sc.copy_batch(2, 100, lead=bad)
 
 
+def test_selective_copy_lead_max_draws_a_lead_per_row():
+    """lead_max: each row keeps its own uniform 0..lead_max steps of noise before the data (a training
+    mixture); the data still sit at k distinct ascending context positions, then k markers."""
+    n_ctx, k = 1000, 4
+    b = sc.copy_batch(4000, n_ctx, k=k, seed=5, lead_max=800)
+    assert (np.diff(b.data_pos, axis=1) > 0).all() and (b.data_pos < n_ctx).all()
+    assert ((b.tokens[:, :n_ctx] < 16).sum(1) == k).all() and (b.tokens[:, n_ctx:] == sc.MARKER).all()
+    first = b.data_pos[:, 0]
+    # E[first] = E[lead] + E[(n_ctx - lead) / (k + 1)] = 400 + 120; without leads it is 200
+    assert 500 < first.mean() < 540 and first.min() < 50 and first.max() > 800
+    assert np.array_equal(sc.copy_batch(8, 100, seed=2, lead_max=50).tokens,
+                          sc.copy_batch(8, 100, seed=2, lead_max=50).tokens)
+    assert np.array_equal(sc.copy_batch(8, 100, seed=2, lead_max=0).tokens, sc.copy_batch(8, 100, seed=2).tokens)
+    for kw, msg in [({"lead_max": -3}, "lead_max must be"), ({"lead_max": 2.0}, "lead_max must be"),
+                    ({"lead_max": 90}, "after a lead of 90"), ({"lead": 5, "lead_max": 9}, "not both")]:
+        with pytest.raises(ValueError, match=msg):
+            sc.copy_batch(2, 100, **kw)
+
+
 def test_selective_copy_text_edits_and_presets():
     t = SELECTIVE_COPYING.parse("_ 3 _ 9 _ ? ?")
     assert t.tolist() == [16, 3, 16, 9, 16, 17, 17] and SELECTIVE_COPYING.format(t) == "_ 3 _ 9 _ ? ?"

@@ -88,6 +88,9 @@ class TrainConfig:
     # from that step on, e.g. '{"0": {"k": 4}, "2000": {"k": 16}}' for selective copying; validation and
     # the checkpoint use task_options + the last entry (what the model is trained for)
     options_schedule: str = ""
+    # task options for the training batches only, merged last; validation and the checkpoint's task
+    # options never see them (an augmentation), e.g. '{"lead_max": 2048}' for selective copying
+    train_options: str = ""
     dilation_max: float = 1.0     # decay dilation k ~ logU[1, dilation_max] per step; 1 = off
     # first step with dilation; -1 = from the first validation at 100% on every validation length
     # <= the training length (the task is learned; the stop-after count then restarts there)
@@ -157,7 +160,8 @@ class TrainConfig:
     def options_at(self, step: int) -> dict:
         """The task options of the training batches at `step`."""
         picked = [v for s, v in self._options_steps() if s <= step]
-        return {**_json_object("task_options", self.task_options), **(picked[-1] if picked else {})}
+        return {**_json_object("task_options", self.task_options), **(picked[-1] if picked else {}),
+                **_json_object("train_options", self.train_options)}
 
     def model_config(self) -> MambaConfig:
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.the_task.vocab_size,
@@ -395,7 +399,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
             schedule=cfg.schedule,
-            options_schedule=cfg.options_schedule, dilation_max=cfg.dilation_max,
+            options_schedule=cfg.options_schedule,
+            **({"train_options": cfg.train_options} if cfg.train_options else {}), dilation_max=cfg.dilation_max,
             **({"filler_dilation_max": cfg.filler_dilation_max, "filler_dilation_from": cfg.filler_dilation_from}
                if cfg.filler_dilation_max > 1 else {}),
             dilation_from_step=state["dilation_start"],
