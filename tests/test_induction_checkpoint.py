@@ -316,12 +316,29 @@ def test_train_options_reach_the_training_batches_only(tmp_path, monkeypatch):
                       steps=2, batch=2, train_len=12, eval_every=2, val="12:2", stop_after=100, out=str(tmp_path),
                       threads=1, d_model=16)
     assert cfg.options_at(0) == {"k": 2, "lead_max": 8} and cfg.options() == {"k": 2}
+    assert seen == [{"k": 2, "lead_max": 8}, {"k": 2}]      # the config's check: a training and a validation draw
+    seen.clear()
     train(cfg, progress=False)
     assert seen == [{"k": 2, "lead_max": 8}] * 2
     lm = load_checkpoint(tmp_path / "model.safetensors")
     assert lm.task["options"] == {"k": 2} and lm.task["train_options"] == cfg.train_options
     with pytest.raises(ValueError, match="train_options must be a JSON object"):
         TrainConfig(train_options="[1]")
+
+
+def test_train_flags_whose_batches_cannot_be_drawn_fail_before_any_step(tmp_path, capsys):
+    from training.train import main as train_main
+    base = ["--task", "selective_copying", "--steps", "5", "--out", str(tmp_path / "run")]
+    for extra, says in [(["--train-len", "64", "--train-options", '{"lead_max": 60}'],
+                         "training batches from step 0 (length 64, options {'lead_max': 60}) cannot be drawn"),
+                        (["--schedule", "0:64,3:8"], "training batches from step 3 (length 8"),
+                        (["--train-len", "64", "--val", "64:2,8:2"], "the validation set at 8"),
+                        (["--train-len", "64", "--task-options", '{"pairs": 3}'], "do not fit selective_copying")]:
+        with pytest.raises(SystemExit):
+            train_main(base + extra)
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_lr_schedule_sets_the_optimizer_lr_from_its_steps(tmp_path):

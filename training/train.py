@@ -136,6 +136,7 @@ class TrainConfig:
         self.val_sets()
         self.model_config()
         self.options()
+        self.check_batches()
 
     @property
     def the_task(self):
@@ -162,6 +163,20 @@ class TrainConfig:
         picked = [v for s, v in self._options_steps() if s <= step]
         return {**_json_object("task_options", self.task_options), **(picked[-1] if picked else {}),
                 **_json_object("train_options", self.train_options)}
+
+    def check_batches(self):
+        """Every training batch and validation set the run will draw can be drawn: a length or option
+        the task's generator refuses fails here, not hours into the run (one row each, numpy only)."""
+        rng = np.random.default_rng(0)
+        changes = {s for s, _ in self.length_schedule()} | {s for s, _ in self._options_steps()} | {0}
+        draws = [(f"the training batches from step {s}", self.length_at(s), self.options_at(s))
+                 for s in sorted(changes) if s <= self.steps]
+        draws += [(f"the validation set at {n}", n, self.options()) for n, _ in self.val_sets()]
+        for what, L, opts in draws:
+            try:
+                task_batch(self.the_task, 1, L, rng, opts)
+            except ValueError as e:
+                raise ValueError(f"{what} (length {L}, options {opts}) cannot be drawn: {e}") from None
 
     def model_config(self) -> MambaConfig:
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.the_task.vocab_size,
@@ -232,7 +247,10 @@ def parse_args(argv=None) -> TrainConfig:
         else:
             p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], default=f.default,
                            help=h)
-    return TrainConfig(**vars(p.parse_args(argv)))
+    try:
+        return TrainConfig(**vars(p.parse_args(argv)))
+    except ValueError as e:     # a flag the run cannot use: one line, before any work
+        p.error(str(e))
 
 
 # ---------------------------------------------------------------------------------------------
