@@ -50,7 +50,8 @@ def from_states(lm, states: list):
         K = positions.shape[1]
         if not bool((positions == torch.arange(L - K, L, device=positions.device)).all()):
             raise ValueError("from_states scores the last K steps only")
-        logits = run(lm, tokens, initial_states=[s.repeat(B) for s in states], num_last_tokens=K).logits          # [B, K, V']
+        states_b = [s.repeat(B) for s in states]
+        logits = run(lm, tokens, initial_states=states_b, num_last_tokens=K).logits      # [B, K, V']
         return logits[..., :lm.config.vocab_size]
 
     return forward
