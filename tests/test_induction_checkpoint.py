@@ -341,6 +341,31 @@ def test_train_flags_whose_batches_cannot_be_drawn_fail_before_any_step(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resumed_run_checks_its_batches_from_its_own_step(tmp_path, capsys):
+    """Options that fit only the run's later contexts (a lead that a short early context cannot hold)
+    are fine for a run resumed past those contexts, and refused one line early for one that is not."""
+    from training.train import main as train_main
+    run = ["--task", "selective_copying", "--task-options", '{"k": 2}', "--schedule", "0:8,2:64", "--batch", "2",
+           "--val", "64:2", "--eval-every", "2", "--stop-after", "100", "--threads", "1", "--d-model", "16",
+           "--out", str(tmp_path)]
+    train_main(run + ["--steps", "2"])
+    capsys.readouterr()
+    lead = ["--train-options", '{"lead_max": 40}', "--resume"]
+    train_main(run + lead + ["--steps", "3"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
+    bad = [(run[:-1] + [str(tmp_path / "fresh"), "--train-options", '{"lead_max": 40}', "--steps", "3"],
+            "training batches from step 0 (length 8, options {'k': 2, 'lead_max': 40}) cannot be drawn"),
+           (run[:7] + ["4"] + run[8:] + ["--resume", "--steps", "4"], "--resume with batch=4 but the run in"),
+           (run[:-1] + [str(tmp_path / "none"), "--resume"], "--resume: no "),
+           (run[:-1] + [str(tmp_path / "other"), "--init-from", "checkpoints/mqar-2layer.safetensors"],
+            "trained on task 'mqar', not 'selective_copying'")]
+    for argv, says in bad:
+        with pytest.raises(SystemExit) as e:
+            train_main(argv)
+        err = capsys.readouterr().err + str(e.value.code)
+        assert says in err and "Traceback" not in err, err
+
+
 def test_lr_schedule_sets_the_optimizer_lr_from_its_steps(tmp_path):
     cfg = TrainConfig(lr=1e-3, lr_schedule="2:1e-4,5:3e-5")
     assert [cfg.lr_at(s) for s in (0, 1, 2, 4, 5, 99)] == [1e-3, 1e-3, 1e-4, 1e-4, 3e-5, 3e-5]

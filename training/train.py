@@ -38,6 +38,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -51,6 +52,7 @@ from tqdm import tqdm
 import numpy as np
 
 from model import MambaConfig, MambaLM, MixerHooks, load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError
 from model.config import NORM_EPSILON_DEFAULT
 from tasks import task_named
 
@@ -67,6 +69,10 @@ def _json_object(name: str, text: str) -> dict:
     if not isinstance(v, dict):
         raise ValueError(f"{name} must be a JSON object, got {text!r}")
     return v
+
+
+class FlagError(ValueError):
+    """Flags a run cannot use, found before its first step (the CLI prints it as one line)."""
 
 
 @dataclass
@@ -136,7 +142,8 @@ class TrainConfig:
         self.val_sets()
         self.model_config()
         self.options()
-        self.check_batches()
+        if not (self.resume or self.init_from):     # those start later: train() checks from their step
+            self.check_batches()
 
     @property
     def the_task(self):
@@ -164,19 +171,22 @@ class TrainConfig:
         return {**_json_object("task_options", self.task_options), **(picked[-1] if picked else {}),
                 **_json_object("train_options", self.train_options)}
 
-    def check_batches(self):
-        """Every training batch and validation set the run will draw can be drawn: a length or option
-        the task's generator refuses fails here, not hours into the run (one row each, numpy only)."""
+    def check_batches(self, first_step: int = 0):
+        """Every training batch from `first_step` on and every validation set can be drawn: a length or
+        option the task's generator refuses fails before the first step, not hours into the run at the
+        first validation (one row each, numpy only). Raises FlagError."""
         rng = np.random.default_rng(0)
-        changes = {s for s, _ in self.length_schedule()} | {s for s, _ in self._options_steps()} | {0}
-        draws = [(f"the training batches from step {s}", self.length_at(s), self.options_at(s))
-                 for s in sorted(changes) if s <= self.steps]
+        changes = sorted({s for s, _ in self.length_schedule()} | {s for s, _ in self._options_steps()} | {0})
+        ends = changes[1:] + [max(self.steps, first_step) + 1]
+        draws = [(f"the training batches from step {at}", self.length_at(at), self.options_at(at))
+                 for s, end in zip(changes, ends) if end > first_step and s <= max(self.steps, first_step)
+                 for at in [max(s, first_step)]]
         draws += [(f"the validation set at {n}", n, self.options()) for n, _ in self.val_sets()]
         for what, L, opts in draws:
             try:
                 task_batch(self.the_task, 1, L, rng, opts)
             except ValueError as e:
-                raise ValueError(f"{what} (length {L}, options {opts}) cannot be drawn: {e}") from None
+                raise FlagError(f"{what} (length {L}, options {opts}) cannot be drawn: {e}") from None
 
     def model_config(self) -> MambaConfig:
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.the_task.vocab_size,
@@ -304,15 +314,15 @@ def load_train_state(path: Path, lm: MambaLM, opt: torch.optim.Adam, gen: np.ran
 
 def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig, src: MambaLM) -> tuple[int, dict, np.random.Generator]:
     """Load --init-from's weights (`src`, the loaded file) into `lm` (same architecture and task, else a
-    ValueError naming the difference) -> (its step, the run state to continue, the data generator)."""
+    FlagError naming the difference) -> (its step, the run state to continue, the data generator)."""
     task = src.task or {}
     if task.get("name") != cfg.the_task.name:
-        raise ValueError(f"--init-from {cfg.init_from}: trained on task {task.get('name')!r}, "
+        raise FlagError(f"--init-from {cfg.init_from}: trained on task {task.get('name')!r}, "
                          f"not {cfg.the_task.name!r}")
     theirs, ours = src.config.to_mamba_ssm_dict(), cfg.model_config().to_mamba_ssm_dict()
     diff = sorted(k for k in ours if theirs.get(k) != ours[k])
     if diff:
-        raise ValueError(f"--init-from {cfg.init_from}: its model differs from these flags in "
+        raise FlagError(f"--init-from {cfg.init_from}: its model differs from these flags in "
                          + ", ".join(f"{k} ({theirs.get(k)!r} there, {ours[k]!r} here)" for k in diff))
     lm.load_state_dict(src.state_dict())
     step = int(task.get("steps", 0))
@@ -395,11 +405,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         for key in ("seed", "batch", "lr", "ssm_cfg", "task", "task_options", "d_model", "n_layer"):
             before = prev.get(key, getattr(TrainConfig, key))       # a flag older runs did not have: its default
             if before != settings[key]:
-                raise ValueError(f"--resume with {key}={settings[key]!r} but the run in {out} used {before!r}")
+                raise FlagError(f"--resume with {key}={settings[key]!r} but the run in {out} used {before!r}")
     elif cfg.resume:
-        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+        raise FlagError(f"--resume: no {state_path} to resume from")
     elif cfg.init_from:
         step, state, gen = init_from_checkpoint(lm, cfg, start)
+    if cfg.resume or cfg.init_from:
+        cfg.check_batches(step)
     if cfg.dilation_max > 1 and cfg.dilation_from >= 0:
         state["dilation_start"] = cfg.dilation_from
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -488,7 +500,10 @@ def main(argv=None):
     if cfg.device == "cpu":     # the CLI only: process-wide, and a test process should not keep its peak
         from kernels.cpu_memory import keep_freed_memory
         keep_freed_memory(every_size=True)      # each step re-faulted GBs of activations (cpu_memory.py says)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (FlagError, CheckpointError) as e:   # found before the first step: one line, the run as it was
+        sys.exit(f"training.train: error: {e}")
     print(json.dumps(summary))
 
 
