@@ -366,6 +366,25 @@ def test_a_resumed_run_checks_its_batches_from_its_own_step(tmp_path, capsys):
         assert says in err and "Traceback" not in err, err
 
 
+def test_a_schedule_mixture_draws_one_length_per_batch(tmp_path, monkeypatch):
+    import training.train as tt
+    cfg = TrainConfig(task="selective_copying", task_options='{"k": 2}', schedule="0:12,3:8|16|24", seed=1,
+                      steps=40, batch=1, eval_every=40, val="12:2", stop_after=100, out=str(tmp_path), threads=1,
+                      d_model=8)
+    assert cfg.lengths_at(2) == (12,) and cfg.lengths_at(3) == (8, 16, 24) and cfg.length_at(3) == 24
+    seen = []
+    real = tt.task_batch
+    monkeypatch.setattr(tt, "task_batch", lambda task, n, L, gen, options: (seen.append(L),
+                                                                           real(task, n, L, gen, options))[1])
+    train(cfg, progress=False)
+    assert seen[:3] == [12] * 3 and set(seen[3:]) == {8, 16, 24}
+    lm = load_checkpoint(tmp_path / "model.safetensors")
+    assert sorted(lm.task["lengths_seen"]) == [8, 12, 16, 24] and lm.task["train_len"] == 24
+    for bad in ("0:8|x", "0:8|0", "0:8:9", "2:8"):
+        with pytest.raises(ValueError, match="schedule"):
+            TrainConfig(schedule=bad)
+
+
 def test_lr_schedule_sets_the_optimizer_lr_from_its_steps(tmp_path):
     cfg = TrainConfig(lr=1e-3, lr_schedule="2:1e-4,5:3e-5")
     assert [cfg.lr_at(s) for s in (0, 1, 2, 4, 5, 99)] == [1e-3, 1e-3, 1e-4, 1e-4, 3e-5, 3e-5]

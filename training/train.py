@@ -88,7 +88,8 @@ class TrainConfig:
     # "9000:1e-3" lowers it late in a run (a changed --lr-schedule may be given with --resume)
     lr_schedule: str = ""
     train_len: int = 256          # L in training (paper: 2^8)
-    # curriculum "step:len,step:len" (first must be 0:...); empty = train_len throughout
+    # curriculum "step:len,step:len" (first must be 0:...); empty = train_len throughout. "step:a|b|c"
+    # draws one of the lengths per batch from that step on (a mixture of contexts)
     schedule: str = ""
     # task-option curriculum as JSON {"step": {options}, ...} (first key "0"), merged over task_options
     # from that step on, e.g. '{"0": {"k": 4}, "2000": {"k": 16}}' for selective copying; validation and
@@ -178,9 +179,9 @@ class TrainConfig:
         rng = np.random.default_rng(0)
         changes = sorted({s for s, _ in self.length_schedule()} | {s for s, _ in self._options_steps()} | {0})
         ends = changes[1:] + [max(self.steps, first_step) + 1]
-        draws = [(f"the training batches from step {at}", self.length_at(at), self.options_at(at))
+        draws = [(f"the training batches from step {at}", L, self.options_at(at))
                  for s, end in zip(changes, ends) if end > first_step and s <= max(self.steps, first_step)
-                 for at in [max(s, first_step)]]
+                 for at in [max(s, first_step)] for L in self.lengths_at(at)]
         draws += [(f"the validation set at {n}", n, self.options()) for n, _ in self.val_sets()]
         for what, L, opts in draws:
             try:
@@ -193,17 +194,20 @@ class TrainConfig:
                            ssm_cfg=_json_object("ssm_cfg", self.ssm_cfg))
 
 
-    def length_schedule(self) -> list[tuple[int, int]]:
-        """[(first_step, length), ...] ascending in step."""
+    def length_schedule(self) -> list[tuple[int, tuple[int, ...]]]:
+        """[(first_step, lengths), ...] ascending in step; more than one length: one drawn per batch."""
         if not self.schedule:
-            return [(0, self.train_len)]
+            return [(0, (self.train_len,))]
         try:
-            pairs = [tuple(int(v) for v in item.split(":")) for item in self.schedule.split(",")]
+            pairs = [(int(st), tuple(int(v) for v in ls.split("|")))
+                     for st, ls in (item.split(":") for item in self.schedule.split(","))]
         except ValueError as e:
-            raise ValueError(f"schedule must look like '0:256,4000:2048', got {self.schedule!r}") from e
-        if pairs[0][0] != 0 or any(len(p) != 2 for p in pairs) or \
-                any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError(f"schedule must look like '0:256,4000:2048' (or 4000:1024|4096 for a mixture), "
+                             f"got {self.schedule!r}") from e
+        if pairs[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
             raise ValueError(f"schedule {self.schedule!r}: steps must start at 0 and increase")
+        if any(n < 1 for _, ls in pairs for n in ls):
+            raise ValueError(f"schedule {self.schedule!r}: lengths must be positive")
         return pairs
 
     def lr_steps(self) -> list[tuple[int, float]]:
@@ -221,8 +225,12 @@ class TrainConfig:
     def lr_at(self, step: int) -> float:
         return ([self.lr] + [v for s, v in self.lr_steps() if s <= step])[-1]
 
+    def lengths_at(self, step: int) -> tuple[int, ...]:
+        return [ls for s, ls in self.length_schedule() if s <= step][-1]
+
     def length_at(self, step: int) -> int:
-        return [n for s, n in self.length_schedule() if s <= step][-1]
+        """The longest length trained on at `step` (the checkpoint's training length)."""
+        return max(self.lengths_at(step))
 
     def val_sets(self) -> list[tuple[int, int]]:
         try:
@@ -446,7 +454,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     run_loss = run_acc = None
     done = False
     while step < cfg.steps and not done:
-        L = cfg.length_at(step)
+        Ls = cfg.lengths_at(step)
+        # a single length draws nothing, so a run without a mixture keeps its data stream
+        L = Ls[0] if len(Ls) == 1 else int(Ls[gen.integers(len(Ls))])
         if L not in state["lengths_seen"]:
             state["lengths_seen"].append(L)
         b = task_batch(cfg.the_task, cfg.batch, L, gen, cfg.options_at(step))
