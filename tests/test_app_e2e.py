@@ -261,6 +261,18 @@ def test_missing_or_unreadable_checkpoint_gives_a_clear_error(tmp_path, capsys):
         common.MODEL = saved
 
 
+def test_the_model_banner_names_its_training_lengths(tmp_path):
+    from model import MambaConfig, MambaLM, save_checkpoint
+    from tasks import SELECTIVE_COPYING
+    from ui import common
+    for extra, says in [({}, "trained on selective_copying at L = 4096 ·"),
+                        ({"train_lengths": [512, 4096, 8192]}, "at L = 512, 4096, 8192 (mixed)")]:
+        path = tmp_path / "sc.safetensors"
+        save_checkpoint(MambaLM(MambaConfig(d_model=16, vocab_size=18)), path,
+                        task=SELECTIVE_COPYING.metadata(4096 if not extra else 8192, **extra))
+        assert says in common.load_model(str(path)).status
+
+
 def test_a_missing_default_checkpoint_starts_a_fresh_model_and_says_so(tmp_path):
     """The default checkpoint may be absent (it is being trained): the app then runs a seeded,
     freshly initialised model, its banner says so, and the views work on it."""

@@ -380,6 +380,7 @@ def test_a_schedule_mixture_draws_one_length_per_batch(tmp_path, monkeypatch):
     assert seen[:3] == [12] * 3 and set(seen[3:]) == {8, 16, 24}
     lm = load_checkpoint(tmp_path / "model.safetensors")
     assert sorted(lm.task["lengths_seen"]) == [8, 12, 16, 24] and lm.task["train_len"] == 24
+    assert lm.task["train_lengths"] == [8, 16, 24]
     for bad in ("0:8|x", "0:8|0", "0:8:9", "2:8"):
         with pytest.raises(ValueError, match="schedule"):
             TrainConfig(schedule=bad)

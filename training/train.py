@@ -437,6 +437,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
             schedule=cfg.schedule,
+            **({"train_lengths": sorted(set(cfg.lengths_at(step)))} if len(set(cfg.lengths_at(step))) > 1 else {}),
             options_schedule=cfg.options_schedule,
             **({"train_options": cfg.train_options} if cfg.train_options else {}), dilation_max=cfg.dilation_max,
             **({"filler_dilation_max": cfg.filler_dilation_max, "filler_dilation_from": cfg.filler_dilation_from}

@@ -117,6 +117,8 @@ def load_model(requested: Optional[str], default: Path = DEFAULT_CHECKPOINT) -> 
         return Loaded(None, "no model", f"❌ **Could not use the requested checkpoint.** {e}", e)
     meta = lm.task or {}
     trained = f", trained on {meta.get('name', '?')} at L = {meta['train_len']}" if "train_len" in meta else ""
+    if len(meta.get("train_lengths") or ()) > 1:      # a mixture of contexts, one drawn per batch
+        trained = f", trained on {meta.get('name', '?')} at L = {', '.join(map(str, meta['train_lengths']))} (mixed)"
     if isinstance(task, IdTask):
         trained = (", a plain language model: " + ("text in, through its tokenizer.json" if task.name == "text"
                                                    else f"token ids 0..{lm.config.vocab_size - 1} in (no tokenizer.json)")
