@@ -12,8 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 @pytest.mark.parametrize("name, length, options, floor, ceiling", [
-    ("selective-copy-2layer", 2048, {"k": 16}, 0.80, 1.0),       # card: 92.5% at n_ctx 2048
-    ("selective-copy-2layer", 4096, {"k": 16}, 0.97, 0.997),     # card: 99.1% at 4096, its last (paper 99.8%: the gap, kept honest)
+    # trained on a mixture of n_ctx 512..8192 at the end: every one of them copies, and beyond
+    ("selective-copy-2layer", 1024, {"k": 16}, 0.94, 1.0),       # card: 98.7% at n_ctx 1024 (was 82.8% before the mixture)
+    ("selective-copy-2layer", 2048, {"k": 16}, 0.94, 1.0),       # card: 98.9% at n_ctx 2048
+    ("selective-copy-2layer", 4096, {"k": 16}, 0.97, 0.997),     # card: 99.0% at 4096 (paper 99.8%: the gap, kept honest)
+    ("selective-copy-2layer", 16384, {"k": 16}, 0.75, 0.97),     # card: 89.3% at 16,384, twice its longest context
     ("mqar-2layer", 64, {"n_pairs": 4}, 0.90, 1.0),              # card: 100.0% at (64, 4)
     ("mqar-2layer", 256, {"n_pairs": 16}, 0.97, 1.0),            # card: 99.3% at (256, 16) (d_model 256; target 99%)
     ("mqar-2layer-d64", 256, {"n_pairs": 16}, 0.82, 0.97),       # card: 90.1% at (256, 16)
