@@ -326,12 +326,12 @@ def init_from_checkpoint(lm: MambaLM, cfg: TrainConfig, src: MambaLM) -> tuple[i
     task = src.task or {}
     if task.get("name") != cfg.the_task.name:
         raise FlagError(f"--init-from {cfg.init_from}: trained on task {task.get('name')!r}, "
-                         f"not {cfg.the_task.name!r}")
+                        f"not {cfg.the_task.name!r}")
     theirs, ours = src.config.to_mamba_ssm_dict(), cfg.model_config().to_mamba_ssm_dict()
     diff = sorted(k for k in ours if theirs.get(k) != ours[k])
     if diff:
         raise FlagError(f"--init-from {cfg.init_from}: its model differs from these flags in "
-                         + ", ".join(f"{k} ({theirs.get(k)!r} there, {ours[k]!r} here)" for k in diff))
+                        + ", ".join(f"{k} ({theirs.get(k)!r} there, {ours[k]!r} here)" for k in diff))
     lm.load_state_dict(src.state_dict())
     step = int(task.get("steps", 0))
     prior = task.get("init_from", [])
