@@ -177,11 +177,13 @@ class TrainConfig:
         option the task's generator refuses fails before the first step, not hours into the run at the
         first validation (one row each, numpy only). Raises FlagError."""
         rng = np.random.default_rng(0)
+        last = max(self.steps, first_step)
         changes = sorted({s for s, _ in self.length_schedule()} | {s for s, _ in self._options_steps()} | {0})
-        ends = changes[1:] + [max(self.steps, first_step) + 1]
-        draws = [(f"the training batches from step {at}", L, self.options_at(at))
-                 for s, end in zip(changes, ends) if end > first_step and s <= max(self.steps, first_step)
-                 for at in [max(s, first_step)] for L in self.lengths_at(at)]
+        draws = []
+        for s, end in zip(changes, changes[1:] + [last + 1]):    # each stretch of equal lengths and options
+            at = max(s, first_step)
+            if at < end and s <= last:
+                draws += [(f"the training batches from step {at}", L, self.options_at(at)) for L in self.lengths_at(at)]
         draws += [(f"the validation set at {n}", n, self.options()) for n, _ in self.val_sets()]
         for what, L, opts in draws:
             try:
@@ -433,11 +435,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     write({"event": "settings", "step": step, **settings})   # a resumed run may change flags
 
     def save(val: dict):
+        mixture = sorted(set(cfg.lengths_at(step)))
         task = cfg.the_task.metadata(
             cfg.train_len if not cfg.schedule else cfg.length_at(step), lengths_seen=state["lengths_seen"],
             steps=step, seed=cfg.seed, batch=cfg.batch, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
             schedule=cfg.schedule,
-            **({"train_lengths": sorted(set(cfg.lengths_at(step)))} if len(set(cfg.lengths_at(step))) > 1 else {}),
+            **({"train_lengths": mixture} if len(mixture) > 1 else {}),
             options_schedule=cfg.options_schedule,
             **({"train_options": cfg.train_options} if cfg.train_options else {}), dilation_max=cfg.dilation_max,
             **({"filler_dilation_max": cfg.filler_dilation_max, "filler_dilation_from": cfg.filler_dilation_from}

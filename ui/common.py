@@ -116,9 +116,9 @@ def load_model(requested: Optional[str], default: Path = DEFAULT_CHECKPOINT) -> 
         e = f"{path.name}: vocabulary of {lm.config.vocab_size} tokens; its task {task.name} needs {task.vocab_size}"
         return Loaded(None, "no model", f"❌ **Could not use the requested checkpoint.** {e}", e)
     meta = lm.task or {}
-    trained = f", trained on {meta.get('name', '?')} at L = {meta['train_len']}" if "train_len" in meta else ""
-    if len(meta.get("train_lengths") or ()) > 1:      # a mixture of contexts, one drawn per batch
-        trained = f", trained on {meta.get('name', '?')} at L = {', '.join(map(str, meta['train_lengths']))} (mixed)"
+    mixture = meta.get("train_lengths") or ()          # a mixture of contexts, one drawn per batch
+    at = f"{', '.join(map(str, mixture))} (mixed)" if len(mixture) > 1 else meta.get("train_len")
+    trained = f", trained on {meta.get('name', '?')} at L = {at}" if at is not None else ""
     if isinstance(task, IdTask):
         trained = (", a plain language model: " + ("text in, through its tokenizer.json" if task.name == "text"
                                                    else f"token ids 0..{lm.config.vocab_size - 1} in (no tokenizer.json)")
